@@ -1,0 +1,1 @@
+"""Constraints: the value objects, the handlers and the manager that applies them."""

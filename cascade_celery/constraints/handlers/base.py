@@ -1,0 +1,46 @@
+"""The handler plug-in contract: a base class whose hooks are no-ops by default."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+from cascade_celery.constraints.model import Constraint, TaskInfo
+
+
+class ConstraintHandler:
+    """Turns constraints of one ``type`` into decisions and pool requirements.
+
+    Every hook is a no-op by default; a handler implements the subset it needs.
+    Handlers are registered explicitly with the ``ConstraintManager``, one per ``type``.
+    They must be pure: the manager calls them on the task hot path, so no I/O.
+    """
+
+    #: The constraint type this handler owns, e.g. ``"pause"``.
+    type: ClassVar[str]
+
+    def validate(self, constraint: Constraint) -> None:
+        """Raise InvalidConstraint(reason) if ``constraint.params`` is wrong for this type."""
+
+    def on_constraint_add(self, constraint: Constraint) -> None:
+        """Called once when the constraint becomes active (or is replaced)."""
+
+    def on_constraint_remove(self, constraint: Constraint) -> None:
+        """Called once when the constraint is removed or expires."""
+
+    def check_permission(self, constraint: Constraint, task: TaskInfo) -> bool:
+        """Return False to hold a task the constraint's scope matches."""
+        return True
+
+    def append_requirements(
+        self, constraint: Constraint, task: TaskInfo, requirements: dict[str, int]
+    ) -> None:
+        """Add ``pool -> units`` the task must acquire (scope already matched)."""
+
+    def pool_capacities(self, constraint: Constraint) -> Mapping[str, int]:
+        """The capacity this constraint sets on each pool it governs."""
+        return {}
+
+    def hold_pool(self, constraint: Constraint) -> str:
+        """The pool (of capacity 0) where tasks this constraint denies wait."""
+        return f"constraint:{constraint.type}:{constraint.scope}"

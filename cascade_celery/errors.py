@@ -1,0 +1,23 @@
+"""The exception tree of cascade-celery: every error it raises is a ``CascadeError``."""
+
+from __future__ import annotations
+
+
+class CascadeError(Exception):
+    """Base class of every error raised by cascade-celery."""
+
+
+class ConfigurationError(CascadeError):
+    """A ``cascade_*`` setting, a task option or a handler registration is invalid."""
+
+
+class InvalidConstraint(CascadeError):
+    """A constraint (from code, MQTT or the CLI) is malformed; nothing was changed."""
+
+
+class PoolUnavailable(CascadeError):
+    """The Redis server holding the pools cannot be reached."""
+
+
+class LeaseLost(CascadeError):
+    """A lease was not found when it was renewed or released (it expired and was reaped)."""

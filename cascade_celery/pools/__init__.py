@@ -1,0 +1,1 @@
+"""Redis-backed resource pools: keys, Lua scripts, acquire/park/release and leases."""

@@ -1,0 +1,74 @@
+"""The Redis key layout: the only place key strings are built.
+
+Per pool ``<name>`` (``<p>`` is the ``cascade_redis_prefix`` setting)::
+
+    <p>:{pool:<name>}:capacity   STRING  units the pool may hand out (absent: unlimited)
+    <p>:{pool:<name>}:used       STRING  units held by running leases and reservations
+    <p>:{pool:<name>}:holders    ZSET    lease member -> expiry (ms, Redis clock)
+    <p>:{pool:<name>}:units      HASH    member -> units
+    <p>:{pool:<name>}:waiters    ZSET    parked task id -> arrival sequence
+    <p>:{pool:<name>}:parked     HASH    parked task id -> message payload
+    <p>:{pool:<name>}:seq        STRING  arrival counter
+
+Per app::
+
+    <p>:pools                    SET     every pool name ever used (for sweeps and status)
+    <p>:constraints              HASH    constraint id -> constraint JSON (the active set)
+    <p>:constraints:version      STRING  bumped on every change to the set
+    <p>:constraints:changed      pub/sub channel announcing a new version
+
+One pool's keys share the hash tag ``{pool:<name>}``, so every single-pool script runs
+on one Redis Cluster slot. Decision: an all-or-none acquire across *several* pools
+touches several slots; on Redis Cluster that needs all of a task's pools on one node,
+which this layout does not arrange. Cascade targets a single Redis (with replicas /
+Sentinel); multi-pool tasks on Cluster are not supported yet.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+POOL_KEY_COUNT = 7
+
+
+class PoolKeys(NamedTuple):
+    """The keys of one pool, in the order every Lua script expects them."""
+
+    capacity: str
+    used: str
+    holders: str
+    units: str
+    waiters: str
+    parked: str
+    seq: str
+
+
+def _escape(name: str) -> str:
+    # Braces would end the hash tag early; '%' is escaped so the mapping is reversible.
+    return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def pool_keys(prefix: str, pool: str) -> PoolKeys:
+    """The keys of ``pool``."""
+    base = f"{prefix}:{{pool:{_escape(pool)}}}"
+    return PoolKeys(*(f"{base}:{part}" for part in PoolKeys._fields))
+
+
+def pool_registry(prefix: str) -> str:
+    """The SET of every pool name used under ``prefix``."""
+    return f"{prefix}:pools"
+
+
+def constraints_hash(prefix: str) -> str:
+    """The HASH holding the active constraints as JSON."""
+    return f"{prefix}:constraints"
+
+
+def constraints_version(prefix: str) -> str:
+    """The counter bumped on every change of the constraint set."""
+    return f"{prefix}:constraints:version"
+
+
+def constraints_channel(prefix: str) -> str:
+    """The pub/sub channel on which a new constraints version is announced."""
+    return f"{prefix}:constraints:changed"

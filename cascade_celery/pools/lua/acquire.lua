@@ -1,0 +1,85 @@
+--[[
+  Acquire the units a task needs in every required pool, or none.
+
+  Before deciding, each pool is brought up to date: the caller's view of its capacity
+  is applied, expired holders are reaped and free room goes to waiters first. A task
+  holding a reservation in a pool (it was handed off from there) takes it over. A
+  newcomer never overtakes a waiter: a pool with waiters has no room for it (FIFO).
+  When the task is blocked, reservations it holds are given back to the next waiter,
+  so a task never sits on a slot while waiting for another pool (no deadlock).
+
+  Clock: Redis TIME.
+
+  Input:
+    KEYS[7*(i-1)+1 .. 7*i]  the keys of pool i, as listed in includes/pool.lua
+    ARGV[1]                 task id
+    ARGV[2]                 lease member, "t:<task id>:<token>"
+    ARGV[3]                 lease ttl in milliseconds
+    ARGV[4]                 most waiters to hand off per pool
+    ARGV[5 + 2*(i-1)]       pool i capacity in the caller's view (-1: unlimited)
+    ARGV[6 + 2*(i-1)]       units of pool i the task needs
+
+  Output:
+    {1, 0, handoffs...}        acquired every pool
+    {0, i, handoffs...}        blocked at pool i; the caller parks the task there
+    handoffs: (pool index, task id, payload) triples to publish, then confirm
+]]
+--- @include "includes/pool"
+
+local task_id = ARGV[1]
+local lease_member = ARGV[2]
+local ttl_ms = tonumber(ARGV[3])
+local max_handoffs = tonumber(ARGV[4])
+local pool_count = #KEYS / POOL_KEYS
+local reservation = 'r:' .. task_id
+local now = now_ms()
+local out = {0, 0}
+
+for i = 1, pool_count do
+  local k = pool_keys(i)
+  apply_capacity(k, tonumber(ARGV[5 + 2 * (i - 1)]))
+  reap(k, now)
+  dispatch(k, i, now, ttl_ms, max_handoffs, out)
+end
+
+local blocked = 0
+for i = 1, pool_count do
+  local k = pool_keys(i)
+  local units = tonumber(ARGV[6 + 2 * (i - 1)])
+  if not redis.call('ZSCORE', k.holders, reservation) then
+    local capacity = capacity_of(k)
+    local full = capacity ~= nil and used_of(k) + units > capacity
+    if full or redis.call('ZCARD', k.waiters) > 0 then
+      blocked = i
+      break
+    end
+  end
+end
+
+if blocked > 0 then
+  for i = 1, pool_count do
+    local k = pool_keys(i)
+    if redis.call('ZREM', k.holders, reservation) == 1 then
+      add_used(k, -tonumber(redis.call('HGET', k.units, reservation) or '0'))
+      redis.call('HDEL', k.units, reservation)
+      dispatch(k, i, now, ttl_ms, max_handoffs, out)
+    end
+  end
+  out[2] = blocked
+  return out
+end
+
+for i = 1, pool_count do
+  local k = pool_keys(i)
+  local units = tonumber(ARGV[6 + 2 * (i - 1)])
+  if redis.call('ZREM', k.holders, reservation) == 1 then
+    add_used(k, units - tonumber(redis.call('HGET', k.units, reservation) or '0'))
+    redis.call('HDEL', k.units, reservation)
+  else
+    add_used(k, units)
+  end
+  redis.call('ZADD', k.holders, now + ttl_ms, lease_member)
+  redis.call('HSET', k.units, lease_member, units)
+end
+out[1] = 1
+return out

@@ -1,0 +1,113 @@
+--[[
+  Shared helpers for one pool. Every script that includes this file receives each
+  pool's keys as 7 consecutive KEYS, in this order (see pools/keys.py):
+
+    capacity  STRING  units the pool may hand out; absent means unlimited
+    used      STRING  units held now, by running leases and reservations
+    holders   ZSET    member -> lease expiry (ms, Redis clock)
+                      "t:<task id>:<token>"  a running task's lease
+                      "r:<task id>"          a reservation for a handed-off waiter
+    units     HASH    member -> units, for holders and for waiting "r:<task id>" entries
+    waiters   ZSET    task id -> arrival sequence (FIFO, lowest first)
+    parked    HASH    task id -> message payload (opaque JSON), until its hand-off is confirmed
+    seq       STRING  arrival counter
+
+  Clock: every script uses Redis's own TIME, so leases mean the same on every host.
+  Invariant: used == sum(units[m] for m in holders), and a task id is in waiters
+  at most once.
+]]
+
+local POOL_KEYS = 7
+
+local function pool_keys(index)
+  local base = (index - 1) * POOL_KEYS
+  return {
+    capacity = KEYS[base + 1], used = KEYS[base + 2], holders = KEYS[base + 3],
+    units = KEYS[base + 4], waiters = KEYS[base + 5], parked = KEYS[base + 6],
+    seq = KEYS[base + 7],
+  }
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A caller's view of the capacity: >= 0 sets it, < 0 lifts the limit.
+local function apply_capacity(k, capacity)
+  if capacity < 0 then
+    redis.call('DEL', k.capacity)
+  else
+    redis.call('SET', k.capacity, capacity)
+  end
+end
+
+local function capacity_of(k)
+  local capacity = redis.call('GET', k.capacity)
+  if capacity then return tonumber(capacity) end
+  return nil
+end
+
+local function used_of(k)
+  return tonumber(redis.call('GET', k.used) or '0')
+end
+
+local function add_used(k, delta)
+  if delta == 0 then return end
+  if redis.call('INCRBY', k.used, delta) < 0 then
+    -- Never below zero, even if a key was lost (e.g. Redis restarted without AOF).
+    redis.call('SET', k.used, 0)
+  end
+end
+
+-- Drop expired holders: leases of dead workers, and reservations whose task never
+-- arrived. A reservation whose payload is still parked was never published (its
+-- publisher died): it goes back to the head of the line, so it is not lost.
+local function reap(k, now)
+  local expired = redis.call('ZRANGEBYSCORE', k.holders, '-inf', now, 'LIMIT', 0, 1000)
+  for _, member in ipairs(expired) do
+    local units = tonumber(redis.call('HGET', k.units, member) or '0')
+    redis.call('ZREM', k.holders, member)
+    add_used(k, -units)
+    local task_id = nil
+    if string.sub(member, 1, 2) == 'r:' then task_id = string.sub(member, 3) end
+    if task_id and redis.call('HEXISTS', k.parked, task_id) == 1 then
+      local head = redis.call('ZRANGE', k.waiters, 0, 0, 'WITHSCORES')
+      local score = 0
+      if head[2] then score = tonumber(head[2]) - 1 end
+      redis.call('ZADD', k.waiters, score, task_id)
+    else
+      redis.call('HDEL', k.units, member)
+    end
+  end
+end
+
+-- Hand free room to waiters in arrival order, at most `max` of them. Each gets a
+-- reservation lease of ttl_ms; its payload is appended to `out` as
+-- (pool index, task id, payload) for the caller to publish, then confirm.
+local function dispatch(k, index, now, ttl_ms, max, out)
+  local capacity = capacity_of(k)
+  local handed = 0
+  while handed < max do
+    local head = redis.call('ZRANGE', k.waiters, 0, 0)
+    if #head == 0 then break end
+    local task_id = head[1]
+    local member = 'r:' .. task_id
+    local units = tonumber(redis.call('HGET', k.units, member) or '1')
+    local payload = redis.call('HGET', k.parked, task_id)
+    if not payload then
+      -- Nothing to publish (purged): drop the entry and look at the next one.
+      redis.call('ZREM', k.waiters, task_id)
+      redis.call('HDEL', k.units, member)
+    else
+      if capacity ~= nil and used_of(k) + units > capacity then break end
+      redis.call('ZREM', k.waiters, task_id)
+      redis.call('ZADD', k.holders, now + ttl_ms, member)
+      add_used(k, units)
+      out[#out + 1] = index
+      out[#out + 1] = task_id
+      out[#out + 1] = payload
+      handed = handed + 1
+    end
+  end
+end

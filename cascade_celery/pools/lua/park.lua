@@ -1,0 +1,54 @@
+--[[
+  Park a blocked task at the back of one pool's line, unless the pool has room now.
+
+  The room check and the park are one step, so a slot freed between a failed acquire
+  and this call is never missed: the caller is told to acquire again instead. Parking
+  a task that already waits (a duplicate delivery) keeps its place.
+
+  Clock: Redis TIME.
+
+  Input:
+    KEYS[1..7]  the pool's keys, as listed in includes/pool.lua
+    ARGV[1]     task id
+    ARGV[2]     units the task needs
+    ARGV[3]     capacity in the caller's view (-1: unlimited)
+    ARGV[4]     payload: the message to publish at hand-off (opaque JSON)
+    ARGV[5]     reservation ttl in milliseconds
+    ARGV[6]     most waiters to hand off
+
+  Output:
+    {1, 0, handoffs...}   parked (or already waiting)
+    {0, 0, handoffs...}   not parked: the pool has room now, acquire again
+]]
+--- @include "includes/pool"
+
+local task_id = ARGV[1]
+local units = tonumber(ARGV[2])
+local payload = ARGV[4]
+local ttl_ms = tonumber(ARGV[5])
+local max_handoffs = tonumber(ARGV[6])
+local k = pool_keys(1)
+local now = now_ms()
+local out = {0, 0}
+
+apply_capacity(k, tonumber(ARGV[3]))
+reap(k, now)
+dispatch(k, 1, now, ttl_ms, max_handoffs, out)
+
+if redis.call('ZSCORE', k.waiters, task_id) then
+  redis.call('HSET', k.parked, task_id, payload)
+  out[1] = 1
+  return out
+end
+
+local capacity = capacity_of(k)
+local full = capacity ~= nil and used_of(k) + units > capacity
+if not full and redis.call('ZCARD', k.waiters) == 0 then
+  return out
+end
+
+redis.call('ZADD', k.waiters, redis.call('INCR', k.seq), task_id)
+redis.call('HSET', k.parked, task_id, payload)
+redis.call('HSET', k.units, 'r:' .. task_id, units)
+out[1] = 1
+return out

@@ -1,0 +1,32 @@
+--[[
+  Set (or lift) a pool's capacity, reap expired holders and hand free room to waiters.
+
+  This is also the periodic sweep: called with the caller's current view, it recovers
+  slots of dead workers and re-queues hand-offs whose publisher died. Lowering the
+  capacity is a soft limit: holders keep their units, newcomers wait until used < it.
+
+  Clock: Redis TIME.
+
+  Input:
+    KEYS[1..7]  the pool's keys, as listed in includes/pool.lua
+    ARGV[1]     capacity (-1: unlimited)
+    ARGV[2]     reservation ttl in milliseconds for handed-off waiters
+    ARGV[3]     most waiters to hand off
+
+  Output:
+    {waiting, used, handoffs...}   waiting: tasks still parked after the hand-offs
+]]
+--- @include "includes/pool"
+
+local ttl_ms = tonumber(ARGV[2])
+local max_handoffs = tonumber(ARGV[3])
+local k = pool_keys(1)
+local now = now_ms()
+local out = {0, 0}
+
+apply_capacity(k, tonumber(ARGV[1]))
+reap(k, now)
+dispatch(k, 1, now, ttl_ms, max_handoffs, out)
+out[1] = redis.call('ZCARD', k.waiters)
+out[2] = used_of(k)
+return out

@@ -1,0 +1,166 @@
+"""ResourceManager: named pools with dynamic capacity, shared through Redis.
+
+A thin layer over the Lua scripts: it maps pool names to keys, remembers which pools
+it has registered, and returns the hand-offs each call made so that the caller (who
+knows how to publish a Celery message) can publish and then ``confirm`` them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from cascade_celery.pools.keys import pool_keys, pool_registry
+from cascade_celery.pools.scripts import Handoff, Outcome, Scripts
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A running task's hold on units of one or more pools."""
+
+    task_id: str
+    member: str
+    pools: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class PoolHandoff:
+    """A hand-off with its pool's name resolved."""
+
+    pool: str
+    task_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class AcquireResult:
+    """``lease`` when every pool was acquired, else the pool that blocked the task."""
+
+    lease: Lease | None
+    blocked_pool: str | None
+    handoffs: tuple[PoolHandoff, ...]
+
+
+class ResourceManager:
+    """Acquire all of a task's pools at once or none; park, release, renew, resize."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str,
+        lease_seconds: float,
+        max_handoffs: int = 500,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.lease_seconds = lease_seconds
+        self.max_handoffs = max_handoffs
+        self._scripts = Scripts(client)
+        self._registered: set[str] = set()
+
+    def try_acquire(
+        self,
+        task_id: str,
+        pools: Sequence[tuple[str, int]],
+        capacities: Mapping[str, int | None],
+    ) -> AcquireResult:
+        """Acquire ``units`` of every pool, or nothing; never waits."""
+        names = [name for name, _ in pools]
+        self._register(names)
+        member = f"t:{task_id}:{uuid.uuid4().hex[:12]}"
+        outcome = self._scripts.acquire(
+            [pool_keys(self.prefix, name) for name in names],
+            [(capacities.get(name), units) for name, units in pools],
+            task_id=task_id,
+            member=member,
+            lease_seconds=self.lease_seconds,
+            max_handoffs=self.max_handoffs,
+        )
+        handoffs = self._resolve(names, outcome)
+        if outcome.status == 1:
+            return AcquireResult(Lease(task_id, member, tuple(pools)), None, handoffs)
+        return AcquireResult(None, names[outcome.detail - 1], handoffs)
+
+    def park(
+        self, task_id: str, pool: str, units: int, capacity: int | None, payload: bytes
+    ) -> tuple[bool, tuple[PoolHandoff, ...]]:
+        """Park at the back of ``pool``'s line; False means it has room now (acquire again)."""
+        self._register([pool])
+        outcome = self._scripts.park(
+            pool_keys(self.prefix, pool),
+            task_id=task_id,
+            units=units,
+            capacity=capacity,
+            payload=payload,
+            lease_seconds=self.lease_seconds,
+            max_handoffs=self.max_handoffs,
+        )
+        return outcome.status == 1, self._resolve([pool], outcome)
+
+    def release(self, lease: Lease) -> tuple[PoolHandoff, ...]:
+        """Give the lease's units back; waiters that now fit are handed off."""
+        names = [name for name, _ in lease.pools]
+        outcome = self._scripts.release(
+            [pool_keys(self.prefix, name) for name in names],
+            member=lease.member,
+            lease_seconds=self.lease_seconds,
+            max_handoffs=self.max_handoffs,
+        )
+        return self._resolve(names, outcome)
+
+    def renew(self, lease: Lease) -> list[str]:
+        """Extend the lease by ``lease_seconds``; return the pools where it was already lost."""
+        names = [name for name, _ in lease.pools]
+        lost = self._scripts.renew(
+            [pool_keys(self.prefix, name).holders for name in names],
+            member=lease.member,
+            lease_seconds=self.lease_seconds,
+        )
+        return [names[index] for index in lost]
+
+    def update_resource(
+        self, pool: str, capacity: int | None
+    ) -> tuple[int, tuple[PoolHandoff, ...]]:
+        """Set (None: lift) a pool's capacity and sweep it; return (still waiting, hand-offs)."""
+        self._register([pool])
+        outcome = self._scripts.set_capacity(
+            pool_keys(self.prefix, pool),
+            capacity,
+            lease_seconds=self.lease_seconds,
+            max_handoffs=self.max_handoffs,
+        )
+        return outcome.status, self._resolve([pool], outcome)
+
+    def confirm(self, handoffs: Sequence[PoolHandoff]) -> None:
+        """Forget the payloads of hand-offs that were published."""
+        if not handoffs:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            for handoff in handoffs:
+                pipe.hdel(pool_keys(self.prefix, handoff.pool).parked, handoff.task_id)
+            pipe.execute()
+
+    def known_pools(self) -> set[str]:
+        """Every pool name registered under this prefix."""
+        return {
+            name.decode() if isinstance(name, bytes) else str(name)
+            for name in self.client.smembers(pool_registry(self.prefix))
+        }
+
+    def _register(self, names: Sequence[str]) -> None:
+        new = [name for name in names if name not in self._registered]
+        if new:
+            self.client.sadd(pool_registry(self.prefix), *new)
+            self._registered.update(new)
+
+    @staticmethod
+    def _resolve(names: Sequence[str], outcome: Outcome) -> tuple[PoolHandoff, ...]:
+        return tuple(_named(names, handoff) for handoff in outcome.handoffs)
+
+
+def _named(names: Sequence[str], handoff: Handoff) -> PoolHandoff:
+    return PoolHandoff(names[handoff.pool_index], handoff.task_id, handoff.payload)

@@ -1,0 +1,143 @@
+"""Load the Lua scripts from package data and call them with typed, unit-converted arguments.
+
+Seconds in Python become milliseconds here and nowhere else. Nothing else calls EVALSHA.
+redis-py's ``Script`` re-sends the source after a ``NOSCRIPT`` (Redis restart, SCRIPT FLUSH).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+import redis
+
+from cascade_celery.pools.keys import POOL_KEY_COUNT, PoolKeys
+
+_INCLUDE = re.compile(r'^--- @include "([a-z_/]+)"$', re.MULTILINE)
+_LUA = files("cascade_celery.pools").joinpath("lua")
+
+
+def load_lua(name: str) -> str:
+    """Return ``lua/<name>.lua`` with its ``--- @include "x"`` lines replaced by ``lua/x.lua``."""
+    source = _LUA.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda match: load_lua(match.group(1)), source)
+
+
+SCRIPT_NAMES = ("acquire", "park", "release", "renew", "set_capacity")
+SOURCES = {name: load_lua(name) for name in SCRIPT_NAMES}
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """A parked task popped for hand-off: publish ``payload``, then confirm."""
+
+    pool_index: int
+    task_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A script's status pair plus the hand-offs it made."""
+
+    status: int
+    detail: int
+    handoffs: tuple[Handoff, ...]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _capacity_arg(capacity: int | None) -> int:
+    return -1 if capacity is None else capacity
+
+
+def _outcome(reply: Any) -> Outcome:
+    items = list(reply)
+    handoffs = tuple(
+        Handoff(int(items[i]) - 1, _text(items[i + 1]), _bytes(items[i + 2]))
+        for i in range(2, len(items), 3)
+    )
+    return Outcome(int(items[0]), int(items[1]), handoffs)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _flatten(pools: Sequence[PoolKeys]) -> list[str]:
+    keys = [key for pool in pools for key in pool]
+    assert len(keys) == POOL_KEY_COUNT * len(pools)
+    return keys
+
+
+class Scripts:
+    """The Lua scripts registered on one Redis client, one typed method per script."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._scripts = {name: client.register_script(src) for name, src in SOURCES.items()}
+
+    def acquire(
+        self,
+        pools: Sequence[PoolKeys],
+        requests: Sequence[tuple[int | None, int]],
+        *,
+        task_id: str,
+        member: str,
+        lease_seconds: float,
+        max_handoffs: int,
+    ) -> Outcome:
+        """All-or-none acquire; status 1 acquired, else detail is the blocking pool (1-based)."""
+        args: list[Any] = [task_id, member, _ms(lease_seconds), max_handoffs]
+        for capacity, units in requests:
+            args += [_capacity_arg(capacity), units]
+        return _outcome(self._scripts["acquire"](keys=_flatten(pools), args=args))
+
+    def park(
+        self,
+        pool: PoolKeys,
+        *,
+        task_id: str,
+        units: int,
+        capacity: int | None,
+        payload: bytes,
+        lease_seconds: float,
+        max_handoffs: int,
+    ) -> Outcome:
+        """Park at the back of the line; status 0 means there is room now: acquire again."""
+        args: list[Any] = [
+            task_id,
+            units,
+            _capacity_arg(capacity),
+            payload,
+            _ms(lease_seconds),
+            max_handoffs,
+        ]
+        return _outcome(self._scripts["park"](keys=list(pool), args=args))
+
+    def release(
+        self, pools: Sequence[PoolKeys], *, member: str, lease_seconds: float, max_handoffs: int
+    ) -> Outcome:
+        """Release ``member`` everywhere; status is how many pools still held it."""
+        args: list[Any] = [member, _ms(lease_seconds), max_handoffs]
+        return _outcome(self._scripts["release"](keys=_flatten(pools), args=args))
+
+    def renew(self, holders: Sequence[str], *, member: str, lease_seconds: float) -> list[int]:
+        """Extend the lease; return the 0-based indices of the pools where it was lost."""
+        reply = self._scripts["renew"](keys=list(holders), args=[member, _ms(lease_seconds)])
+        return [int(index) - 1 for index in reply]
+
+    def set_capacity(
+        self, pool: PoolKeys, capacity: int | None, *, lease_seconds: float, max_handoffs: int
+    ) -> Outcome:
+        """Set or lift the capacity and sweep; status is waiting count, detail used units."""
+        args: list[Any] = [_capacity_arg(capacity), _ms(lease_seconds), max_handoffs]
+        return _outcome(self._scripts["set_capacity"](keys=list(pool), args=args))
