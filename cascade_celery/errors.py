@@ -17,7 +17,3 @@ class InvalidConstraint(CascadeError):
 
 class PoolUnavailable(CascadeError):
     """The Redis server holding the pools cannot be reached."""
-
-
-class LeaseLost(CascadeError):
-    """A lease was not found when it was renewed or released (it expired and was reaped)."""

@@ -184,6 +184,22 @@ class ConstraintManager:
         with self._lock:
             return self._capacity_of(pool, list(self._active.values()), self._clock())
 
+    def knows(self, pool: str) -> bool:
+        """Whether an active constraint or a code default governs ``pool`` here."""
+        with self._lock:
+            now = self._clock()
+            return pool in self._defaults or any(
+                pool in self._handlers[c.type].pool_capacities(c)
+                for c in self._active.values()
+                if not c.is_expired(now)
+            )
+
+    @property
+    def defaults(self) -> dict[str, int]:
+        """Capacities declared in code, by pool."""
+        with self._lock:
+            return dict(self._defaults)
+
     def _capacity_of(self, pool: str, active: list[Constraint], now: float) -> int | None:
         capacities = [
             capacity

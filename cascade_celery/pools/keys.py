@@ -13,6 +13,7 @@ Per pool ``<name>`` (``<p>`` is the ``cascade_redis_prefix`` setting)::
 Per app::
 
     <p>:pools                    SET     every pool name ever used (for sweeps and status)
+    <p>:defaults                 HASH    pool -> capacity declared in code (task options)
     <p>:constraints              HASH    constraint id -> constraint JSON (the active set)
     <p>:constraints:version      STRING  bumped on every change to the set
     <p>:constraints:changed      pub/sub channel announcing a new version
@@ -57,6 +58,11 @@ def pool_keys(prefix: str, pool: str) -> PoolKeys:
 def pool_registry(prefix: str) -> str:
     """The SET of every pool name used under ``prefix``."""
     return f"{prefix}:pools"
+
+
+def pool_defaults(prefix: str) -> str:
+    """The HASH of capacities declared in code, so every process sweeps with them."""
+    return f"{prefix}:defaults"
 
 
 def constraints_hash(prefix: str) -> str:

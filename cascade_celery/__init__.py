@@ -1,0 +1,28 @@
+"""cascade-celery: cluster-wide concurrency limits and pauses for Celery tasks and queues."""
+
+from cascade_celery import signals as _signals  # connects the worker signal receivers
+from cascade_celery.cascade import Cascade
+from cascade_celery.constraints.model import Constraint, Scope, TaskInfo
+from cascade_celery.errors import (
+    CascadeError,
+    ConfigurationError,
+    InvalidConstraint,
+    PoolUnavailable,
+)
+from cascade_celery.runtime import DEFERRED
+from cascade_celery.task import GatedTask
+
+__all__ = [
+    "DEFERRED",
+    "Cascade",
+    "CascadeError",
+    "ConfigurationError",
+    "Constraint",
+    "GatedTask",
+    "InvalidConstraint",
+    "PoolUnavailable",
+    "Scope",
+    "TaskInfo",
+]
+
+del _signals

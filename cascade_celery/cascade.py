@@ -1,0 +1,179 @@
+"""Cascade(app): install cascade-celery on a Celery app.
+
+It parses the ``cascade_*`` settings once, checks them when a worker starts, builds one
+Runtime per process (after fork, never inherited), and offers the Python API that
+changes the shared constraint set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Any
+
+import redis
+from celery import Celery
+
+from cascade_celery.config import CascadeConfig
+from cascade_celery.constraints.handlers import default_handlers
+from cascade_celery.constraints.manager import ConstraintManager
+from cascade_celery.constraints.model import ID_PATTERN, Constraint, Scope
+from cascade_celery.errors import ConfigurationError, PoolUnavailable
+from cascade_celery.runtime import REDIS_DOWN, Runtime
+from cascade_celery.store import ConstraintStore
+
+GATED_TASK = "cascade_celery.task:GatedTask"
+_ATTRIBUTE = "_cascade"
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+class Cascade:
+    """cascade-celery installed on one Celery app."""
+
+    def __init__(self, app: Celery, *, gate_all: bool = False) -> None:
+        if getattr(app, _ATTRIBUTE, None) is not None:
+            raise ConfigurationError(f"cascade is already installed on app {app.main!r}")
+        self.app = app
+        self._lock = threading.Lock()
+        self._runtime: Runtime | None = None
+        self._admin: tuple[int, ConstraintStore] | None = None
+        setattr(app, _ATTRIBUTE, self)
+        if gate_all:
+            _gate_all(app)
+
+    @classmethod
+    def for_app(cls, app: Celery) -> Cascade:
+        """The Cascade installed on ``app``, installing one if there is none."""
+        existing = getattr(app, _ATTRIBUTE, None)
+        return existing if existing is not None else cls(app)
+
+    @cached_property
+    def config(self) -> CascadeConfig:
+        """The parsed settings (read from ``app.conf`` on first use)."""
+        return CascadeConfig.from_app(self.app)
+
+    def runtime(self) -> Runtime:
+        """This process's Runtime; a forked child builds its own."""
+        runtime = self._runtime
+        if runtime is not None and runtime.pid == os.getpid():
+            return runtime
+        with self._lock:
+            runtime = self._runtime
+            if runtime is None or runtime.pid != os.getpid():
+                runtime = self._runtime = Runtime(self.app, self.config)
+            return runtime
+
+    def current_runtime(self) -> Runtime | None:
+        """This process's Runtime if it was built, else None (never builds one)."""
+        runtime = self._runtime
+        return runtime if runtime is not None and runtime.pid == os.getpid() else None
+
+    def close(self) -> None:
+        """Stop this process's Runtime (threads, connections)."""
+        runtime = self.current_runtime()
+        if runtime is not None:
+            runtime.stop()
+            self._runtime = None
+
+    # -- the Python API for changes ------------------------------------------------------
+
+    def apply_constraint(self, constraint: Constraint) -> None:
+        """Make ``constraint`` active on every worker (replacing one with the same id)."""
+        with _reaching_redis(self.config):
+            self._store().put(constraint)
+
+    def remove_constraint(self, constraint_id: str) -> bool:
+        """Remove a constraint everywhere; return whether it was active."""
+        with _reaching_redis(self.config):
+            return self._store().delete(constraint_id)
+
+    def constraints(self) -> list[Constraint]:
+        """The stored constraints, expired ones excluded."""
+        now = time.time()
+        with _reaching_redis(self.config):
+            return [c for c in self._store().load()[1] if not c.is_expired(now)]
+
+    def pause(
+        self, scope: str, *, seconds: float | None = None, constraint_id: str | None = None
+    ) -> Constraint:
+        """Pause ``scope`` (for ``seconds``, or until resumed)."""
+        return self._put("pause", scope, {}, seconds, constraint_id)
+
+    def limit(
+        self,
+        scope: str,
+        limit: int,
+        *,
+        seconds: float | None = None,
+        constraint_id: str | None = None,
+    ) -> Constraint:
+        """Limit ``scope`` to ``limit`` concurrent runs cluster-wide."""
+        return self._put("concurrency", scope, {"limit": limit}, seconds, constraint_id)
+
+    def resume(self, scope: str) -> bool:
+        """Remove the pause made by ``pause(scope)``."""
+        return self.remove_constraint(default_id("pause", scope))
+
+    def unlimit(self, scope: str) -> bool:
+        """Remove the limit made by ``limit(scope, n)``."""
+        return self.remove_constraint(default_id("concurrency", scope))
+
+    def _put(
+        self,
+        type_: str,
+        scope: str,
+        params: dict[str, Any],
+        seconds: float | None,
+        constraint_id: str | None,
+    ) -> Constraint:
+        constraint = Constraint(
+            id=constraint_id or default_id(type_, scope),
+            type=type_,
+            scope=Scope.parse(scope),
+            params=params,
+            expires_at=None if seconds is None else time.time() + seconds,
+        )
+        self.apply_constraint(constraint)
+        return constraint
+
+    def _store(self) -> ConstraintStore:
+        admin = self._admin
+        if admin is None or admin[0] != os.getpid():
+            client = redis.Redis.from_url(self.config.redis_url, socket_connect_timeout=5.0)
+            validator = ConstraintManager(default_handlers()).validate
+            admin = self._admin = (os.getpid(), ConstraintStore(client, self.config.redis_prefix,
+                                                                validator))  # fmt: skip
+        return admin[1]
+
+
+@contextmanager
+def _reaching_redis(config: CascadeConfig) -> Iterator[None]:
+    try:
+        yield
+    except REDIS_DOWN as exc:
+        raise PoolUnavailable(f"Redis at {config.redis_url} is unreachable: {exc}") from exc
+
+
+def default_id(type_: str, scope: str) -> str:
+    """The id the Python API and CLI give a constraint: ``<type>-<scope>``, made safe."""
+    candidate = f"{type_}-{scope}"
+    if ID_PATTERN.fullmatch(candidate):
+        return candidate
+    digest = hashlib.sha1(candidate.encode(), usedforsecurity=False).hexdigest()[:8]
+    return f"{_UNSAFE_ID.sub('_', candidate)[:110]}-{digest}"
+
+
+def _gate_all(app: Celery) -> None:
+    if app.finalized:
+        raise ConfigurationError(
+            "gate_all=True must be set before the app is finalized (before tasks are created); "
+            f"or pass task_cls={GATED_TASK!r} to Celery()"
+        )
+    app.task_cls = GATED_TASK
+    app.__dict__.pop("Task", None)  # drop the cached base class so the new one is used

@@ -1,0 +1,104 @@
+"""CascadeConfig: every ``cascade_*`` setting, parsed and checked once.
+
+The README's settings table lists each one with its default and meaning.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from cascade_celery.errors import ConfigurationError
+
+_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    """The parsed ``cascade_*`` settings of one app."""
+
+    redis_url: str
+    redis_prefix: str = "cascade"
+    mqtt_url: str | None = None
+    mqtt_prefix: str = "cascade"
+    lease_seconds: float = 30.0
+    sweep_interval: float = 1.0
+    redis_retry_delay: float = 1.0
+    redis_retry_max_delay: float = 30.0
+    max_handoffs: int = 500
+
+    @classmethod
+    def from_app(cls, app: Celery) -> CascadeConfig:
+        """Read and check ``app.conf``; raise ConfigurationError naming the bad setting."""
+        conf = app.conf
+        redis_url = conf.get("cascade_redis_url") or _redis_broker_url(conf.get("broker_url"))
+        if not redis_url:
+            raise ConfigurationError(
+                "cascade_redis_url is not set and broker_url is not a redis:// URL"
+            )
+        return cls(
+            redis_url=_url(conf, "cascade_redis_url", redis_url, ("redis", "rediss", "unix")),
+            redis_prefix=_prefix(conf, "cascade_redis_prefix"),
+            mqtt_url=_optional_url(conf, "cascade_mqtt_url", ("mqtt", "mqtts")),
+            mqtt_prefix=_prefix(conf, "cascade_mqtt_prefix"),
+            lease_seconds=_seconds(conf, "cascade_lease_seconds", 30.0, minimum=0.1),
+            sweep_interval=_seconds(conf, "cascade_sweep_interval", 1.0, minimum=0.01),
+            redis_retry_delay=_seconds(conf, "cascade_redis_retry_delay", 1.0, minimum=0.01),
+            redis_retry_max_delay=_seconds(
+                conf, "cascade_redis_retry_max_delay", 30.0, minimum=0.01
+            ),
+            max_handoffs=_positive_int(conf, "cascade_max_handoffs", 500),
+        )
+
+
+def _redis_broker_url(broker_url: object) -> str | None:
+    if isinstance(broker_url, str) and broker_url.split("://", 1)[0] in ("redis", "rediss"):
+        return broker_url
+    return None
+
+
+def _url(conf: Any, name: str, value: object, schemes: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or "://" not in value:
+        raise ConfigurationError(f"{name} must be a URL string, got {value!r}")
+    scheme = value.split("://", 1)[0]
+    if scheme not in schemes:
+        raise ConfigurationError(f"{name}: scheme {scheme!r} is not one of {', '.join(schemes)}")
+    return value
+
+
+def _optional_url(conf: Any, name: str, schemes: tuple[str, ...]) -> str | None:
+    value = conf.get(name)
+    return None if value is None else _url(conf, name, value, schemes)
+
+
+def _prefix(conf: Any, name: str) -> str:
+    value = conf.get(name, "cascade")
+    if value is None:
+        value = "cascade"
+    if not isinstance(value, str) or not _PREFIX.fullmatch(value):
+        raise ConfigurationError(f"{name} must match [A-Za-z0-9._-]{{1,64}}, got {value!r}")
+    return value
+
+
+def _seconds(conf: Any, name: str, default: float, *, minimum: float) -> float:
+    value = conf.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum} seconds, got {value!r}")
+    return float(value)
+
+
+def _positive_int(conf: Any, name: str, default: int) -> int:
+    value = conf.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
+    return value

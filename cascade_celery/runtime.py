@@ -1,0 +1,294 @@
+"""Runtime: what one process needs to gate tasks, built in that process (after fork).
+
+It owns the Redis client, the ConstraintManager kept in sync with the shared constraint
+set, the ResourceManager, the leases of running tasks, and two daemon threads: one
+listens for constraint changes, one renews leases, expires constraints and sweeps pools
+(reaping dead holders and handing their room to parked tasks).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from celery.backends.base import DisabledBackend
+from celery.exceptions import Ignore, Reject
+
+from cascade_celery.config import CascadeConfig
+from cascade_celery.constraints.handlers import default_handlers
+from cascade_celery.constraints.manager import ConstraintManager
+from cascade_celery.constraints.model import TaskInfo
+from cascade_celery.pools import parking
+from cascade_celery.pools.keys import pool_defaults
+from cascade_celery.pools.resources import Lease, PoolHandoff, ResourceManager
+from cascade_celery.store import ConstraintStore
+
+logger = logging.getLogger(__name__)
+
+#: The result-backend state of a parked task.
+DEFERRED = "DEFERRED"
+#: Header counting back-offs while Redis was unreachable.
+RETRY_HEADER = "cascade_redis_attempts"
+#: Errors that mean "Redis can't be used right now" (outage, restart, AOF loading, failover).
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+              redis.exceptions.ReadOnlyError)  # fmt: skip
+_ATTEMPTS = 5
+
+
+class Runtime:
+    """Gate tasks of one app in the current process."""
+
+    def __init__(self, app: Celery, config: CascadeConfig) -> None:
+        self.app = app
+        self.config = config
+        self.pid = os.getpid()
+        self.client = redis.Redis.from_url(
+            config.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0,
+            health_check_interval=15,
+        )  # fmt: skip
+        self.manager = ConstraintManager(default_handlers(), on_pools_changed=self._pools_changed)
+        self.resources = ResourceManager(
+            self.client,
+            prefix=config.redis_prefix,
+            lease_seconds=config.lease_seconds,
+            max_handoffs=config.max_handoffs,
+        )
+        self.store = ConstraintStore(self.client, config.redis_prefix, self.manager.validate)
+        self._leases: dict[str, Lease] = {}
+        self._defaults_key = pool_defaults(config.redis_prefix)
+        self._reload_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._version = -1
+        self._ready = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def ensure_ready(self) -> None:
+        """Load the constraint set (once) and start the threads; raise if Redis is down."""
+        if self._ready:
+            return
+        with self._start_lock:
+            if self._ready:
+                return
+            self._publish_defaults()
+            self.reload()
+            for name, target in (("listener", self._listen), ("keeper", self._keep)):
+                thread = threading.Thread(target=target, name=f"cascade-{name}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+            self._ready = True
+
+    def stop(self) -> None:
+        """Stop the threads and close connections; leases left are reaped after they expire."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+        self.client.close()
+
+    def reload(self) -> None:
+        """Make the local constraint set equal to the shared one."""
+        with self._reload_lock:
+            version, constraints = self.store.load()
+            self.manager.replace_all(constraints)
+            self._version = version
+
+    def _publish_defaults(self) -> None:
+        for task in list(self.app.tasks.values()):
+            for pool, capacity in getattr(task, "cascade_defaults", dict)().items():
+                self.manager.set_default_capacity(pool, capacity)
+        defaults: dict[Any, Any] = dict(self.manager.defaults)
+        if defaults:
+            self.client.hset(self._defaults_key, mapping=defaults)
+
+    # -- the gate -------------------------------------------------------------------------
+
+    def gate(self, task: Task, info: TaskInfo, args: Any, kwargs: Any) -> None:
+        """Return if ``task`` may run now (holding its lease); else park it and raise Ignore."""
+        task_id = task.request.id
+        try:
+            self.ensure_ready()
+            for _ in range(_ATTEMPTS):
+                version = self.manager.version
+                decision = self.manager.evaluate(info)
+                if decision.is_free:
+                    return
+                result = self.resources.try_acquire(task_id, decision.pools, decision.capacities)
+                self.publish_handoffs(result.handoffs)
+                if result.lease is not None:
+                    self._leases[task_id] = result.lease
+                    return
+                pool = str(result.blocked_pool)
+                units = dict(decision.pools)[pool]
+                payload = parking.capture(task, args, kwargs)
+                parked, handoffs = self.resources.park(
+                    task_id, pool, units, decision.capacities[pool], payload
+                )
+                self.publish_handoffs(handoffs)
+                if parked:
+                    if self.manager.version != version:
+                        # A change raced with this decision (e.g. the pause ended):
+                        # sweep the pool so the task isn't left behind.
+                        self._pools_changed({pool})
+                    self._mark_deferred(task, pool, decision.denied_by is not None)
+                    raise Ignore()
+        except REDIS_DOWN as exc:
+            self._back_off(task, args, kwargs, exc)
+        # Contended beyond reason: go back to the broker rather than spin.
+        self._back_off(task, args, kwargs, None)
+
+    def release(self, task_id: str) -> None:
+        """Give back the lease of a task that ended (any state)."""
+        lease = self._leases.pop(task_id, None)
+        if lease is None:
+            return
+        try:
+            self.publish_handoffs(self.resources.release(lease))
+        except redis.exceptions.RedisError as exc:
+            logger.warning(
+                "cascade: could not release %s (%s); its slot comes back when the lease "
+                "expires (%ss)", task_id, exc, self.config.lease_seconds,
+            )  # fmt: skip
+
+    def publish_handoffs(self, handoffs: Iterable[PoolHandoff]) -> None:
+        """Publish parked tasks handed a slot, then confirm those that were published."""
+        published = []
+        for handoff in handoffs:
+            try:
+                parking.publish(self.app, handoff.payload)
+            except Exception:
+                logger.exception(
+                    "cascade: hand-off of %s from %s failed; it returns to the head of the "
+                    "line when its reservation expires", handoff.task_id, handoff.pool,
+                )  # fmt: skip
+                continue
+            published.append(handoff)
+        self.resources.confirm(published)
+
+    def _mark_deferred(self, task: Task, pool: str, paused: bool) -> None:
+        if task.request.ignore_result or isinstance(task.backend, DisabledBackend):
+            return
+        meta = {"pool": pool, "reason": "paused" if paused else "limit", "since": time.time()}
+        try:
+            task.backend.store_result(task.request.id, meta, DEFERRED, request=task.request)
+        except Exception as exc:
+            logger.warning("cascade: could not record DEFERRED for %s: %s", task.request.id, exc)
+
+    def _back_off(self, task: Task, args: Any, kwargs: Any, exc: Exception | None) -> None:
+        attempts = int((task.request.headers or {}).get(RETRY_HEADER, 0)) + 1
+        delay = min(
+            self.config.redis_retry_max_delay,
+            self.config.redis_retry_delay * 2 ** min(attempts - 1, 16),
+        )
+        reason = f"Redis unreachable ({exc})" if exc else "contended"
+        logger.warning(
+            "cascade: %s[%s] not started: %s; back to the broker in %.1fs (attempt %d)",
+            task.name, task.request.id, reason, delay, attempts,
+        )  # fmt: skip
+        try:
+            parking.publish(
+                self.app,
+                parking.capture(task, args, kwargs),
+                countdown=delay,
+                headers={RETRY_HEADER: attempts},
+            )
+        except Exception as publish_exc:
+            logger.error("cascade: could not re-publish %s: %s", task.request.id, publish_exc)
+            raise Reject(publish_exc, requeue=True) from publish_exc
+        raise Ignore()
+
+    # -- capacity changes and sweeps -----------------------------------------------------
+
+    def _pools_changed(self, pools: set[str]) -> None:
+        for pool in pools:
+            try:
+                self._sweep(pool, self._capacity_of(pool))
+            except redis.exceptions.RedisError as exc:
+                logger.warning("cascade: could not update pool %s (%s); retried by the sweep",
+                               pool, exc)  # fmt: skip
+
+    def _capacity_of(self, pool: str, shared: dict[str, int] | None = None) -> int | None:
+        if self.manager.knows(pool):
+            return self.manager.capacity_of(pool)
+        if shared is None:
+            value = self.client.hget(self._defaults_key, pool)
+            return None if value is None else int(value)
+        return shared.get(pool)
+
+    def _sweep(self, pool: str, capacity: int | None) -> None:
+        while True:
+            _, handoffs = self.resources.update_resource(pool, capacity)
+            self.publish_handoffs(handoffs)
+            if len(handoffs) < self.config.max_handoffs:
+                return
+
+    def sweep_all(self) -> None:
+        """Reap and hand off in every known pool, with this process's view of capacities."""
+        raw = self.client.hgetall(self._defaults_key)
+        shared = {_text(k): int(v) for k, v in raw.items()}
+        for pool in self.resources.known_pools():
+            self._sweep(pool, self._capacity_of(pool, shared))
+
+    # -- threads --------------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    pubsub.subscribe(self.store.channel)
+                    self.reload()  # after subscribing, so no change falls in between
+                    delay = 0.1
+                    while not self._stop.is_set():
+                        if pubsub.get_message(timeout=1.0) is not None:
+                            self.reload()
+            except Exception as exc:
+                logger.warning("cascade: constraint listener: %s; retrying in %.1fs", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _keep(self) -> None:
+        renew_every = self.config.lease_seconds / 3
+        next_renew = next_sweep = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                self.manager.expire()
+                if now >= next_renew:
+                    next_renew = now + renew_every
+                    self._renew_all()
+                if now >= next_sweep:
+                    next_sweep = now + self.config.sweep_interval
+                    if self.store.version() != self._version:
+                        self.reload()
+                    self.sweep_all()
+            except Exception as exc:
+                logger.warning("cascade: keeper: %s", exc)
+            self._stop.wait(self._keeper_wait(min(next_renew, next_sweep)))
+
+    def _keeper_wait(self, next_due: float) -> float:
+        wait = next_due - time.monotonic()
+        expiry = self.manager.next_expiry()
+        if expiry is not None:
+            wait = min(wait, expiry - time.time())
+        return max(0.005, wait)
+
+    def _renew_all(self) -> None:
+        for lease in list(self._leases.values()):
+            lost = self.resources.renew(lease)
+            if lost:
+                logger.error(
+                    "cascade: lease of %s lost in %s (renewal came too late); the slot may be "
+                    "in use by another task", lease.task_id, ", ".join(lost),
+                )  # fmt: skip
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

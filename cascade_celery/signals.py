@@ -1,0 +1,63 @@
+"""Thin Celery signal receivers, connected once when cascade_celery is imported.
+
+Receivers never raise: Celery logs and swallows receiver errors anyway, and a failure
+here must not stop a worker. What each does when Redis is down is written beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import current_app, signals
+
+logger = logging.getLogger(__name__)
+
+
+def release_slots(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+    """Release the lease of a gated task that ended, whatever its state.
+
+    Celery skips ``after_return`` for ignored tasks, so release can't live there.
+    Redis down: logged; the slot comes back when its lease expires.
+    """
+    cascade = getattr(getattr(sender, "app", None), "_cascade", None)
+    if cascade is None or task_id is None:
+        return
+    runtime = cascade.current_runtime()
+    if runtime is not None:
+        runtime.release(task_id)
+
+
+def start_child_runtime(**_: Any) -> None:
+    """In each prefork child (after fork), load the constraints before the first task.
+
+    Redis down: logged; the first gated task retries the load and backs off if needed.
+    """
+    cascade = getattr(current_app, "_cascade", None)
+    if cascade is None:
+        return
+    try:
+        cascade.runtime().ensure_ready()
+    except Exception as exc:
+        logger.warning("cascade: could not load constraints at process start: %s", exc)
+
+
+def check_config(sender: Any = None, **_: Any) -> None:
+    """Fail a worker at start-up, not at its first task, when a setting is wrong."""
+    cascade = getattr(getattr(sender, "app", None), "_cascade", None)
+    if cascade is not None:
+        _ = cascade.config
+
+
+def stop_runtime(**_: Any) -> None:
+    """Stop this process's runtime threads on the way out."""
+    cascade = getattr(current_app, "_cascade", None)
+    if cascade is not None:
+        cascade.close()
+
+
+signals.task_postrun.connect(release_slots, weak=False)
+signals.worker_process_init.connect(start_child_runtime, weak=False)
+signals.worker_init.connect(check_config, weak=False)
+signals.worker_process_shutdown.connect(stop_runtime, weak=False)
+signals.worker_shutdown.connect(stop_runtime, weak=False)

@@ -1,0 +1,73 @@
+"""ConstraintStore: the active constraint set, shared by every process through Redis.
+
+Changes go to a Redis HASH, bump a version counter and are announced on a pub/sub
+channel; each worker process reloads the whole set on an announcement (or when a
+periodic poll sees a new version), so a missed message only delays a change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+import redis
+
+from cascade_celery.constraints.model import Constraint
+from cascade_celery.errors import InvalidConstraint
+from cascade_celery.pools.keys import constraints_channel, constraints_hash, constraints_version
+
+logger = logging.getLogger(__name__)
+
+Validator = Callable[[Constraint], None]
+
+
+class ConstraintStore:
+    """Read and change the constraint set stored under one prefix."""
+
+    def __init__(self, client: redis.Redis, prefix: str, validate: Validator) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.channel = constraints_channel(prefix)
+        self._validate = validate
+        self._hash = constraints_hash(prefix)
+        self._version = constraints_version(prefix)
+
+    def put(self, constraint: Constraint) -> None:
+        """Validate and store ``constraint`` (replacing one with the same id), then announce."""
+        self._validate(constraint)
+        data = json.dumps(constraint.to_dict(), sort_keys=True)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self._hash, constraint.id, data)
+            pipe.incr(self._version)
+            _, version = pipe.execute()
+        self.client.publish(self.channel, version)
+
+    def delete(self, constraint_id: str) -> bool:
+        """Remove a constraint; return whether it was stored."""
+        if not self.client.hdel(self._hash, constraint_id):
+            return False
+        version = self.client.incr(self._version)
+        self.client.publish(self.channel, version)
+        return True
+
+    def version(self) -> int:
+        """The current version of the set (0 before any change)."""
+        return int(self.client.get(self._version) or 0)
+
+    def load(self) -> tuple[int, list[Constraint]]:
+        """Read the whole set at one version; invalid entries are logged and skipped."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(self._version)
+            pipe.hgetall(self._hash)
+            version, entries = pipe.execute()
+        constraints = []
+        for key, raw in entries.items():
+            try:
+                constraint = Constraint.from_dict(json.loads(raw))
+                self._validate(constraint)
+            except (ValueError, InvalidConstraint) as exc:
+                logger.error("cascade: skipping stored constraint %r: %s", key, exc)
+                continue
+            constraints.append(constraint)
+        return int(version or 0), constraints

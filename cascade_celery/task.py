@@ -1,0 +1,111 @@
+"""GatedTask: a Celery task class whose runs are gated by the constraints in force.
+
+Declare per task (``@app.task(base=GatedTask, concurrency=5)``) or for a whole app
+(``Celery(..., task_cls="cascade_celery:GatedTask")`` or ``Cascade(app, gate_all=True)``).
+A subclass that overrides ``before_start`` must call ``super().before_start(...)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from celery import Task
+
+from cascade_celery.cascade import Cascade
+from cascade_celery.constraints.handlers.concurrency import MAX_LIMIT, concurrency_pool
+from cascade_celery.constraints.model import TaskInfo
+from cascade_celery.errors import ConfigurationError
+
+_RESOURCE_NAME = re.compile(r"[^\s{}]{1,200}")
+
+
+class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
+    """A task that starts only when every constraint matching it allows (else it's parked)."""
+
+    #: Cluster-wide limit on how many runs of this task may run at once, declared in
+    #: code. A ``concurrency`` constraint on exactly ``task:<name>`` overrides it at
+    #: runtime; removing that constraint restores it. None: no limit in code.
+    concurrency: ClassVar[int | None] = None
+
+    #: Units of named pools each run holds, e.g. ``{"gpu": 1}``. A ``concurrency``
+    #: constraint on ``resource:<name>`` sets that pool's capacity (none: unlimited).
+    resources: ClassVar[Mapping[str, int] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = getattr(cls, "name", None) or cls.__qualname__
+        concurrency = cls.__dict__.get("concurrency")
+        if concurrency is not None and (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= MAX_LIMIT
+        ):
+            raise ConfigurationError(
+                f"task {name}: concurrency must be an integer from 1 to {MAX_LIMIT} "
+                f"(or None), got {concurrency!r}; to hold a task, pause it"
+            )
+        resources = cls.__dict__.get("resources")
+        if resources is not None:
+            if not isinstance(resources, Mapping):
+                raise ConfigurationError(
+                    f"task {name}: resources must be a mapping like {{'gpu': 1}}, got {resources!r}"
+                )
+            for resource, units in resources.items():
+                if not isinstance(resource, str) or not _RESOURCE_NAME.fullmatch(resource):
+                    raise ConfigurationError(
+                        f"task {name}: resource name {resource!r} must be 1-200 characters "
+                        "without whitespace or braces"
+                    )
+                if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+                    raise ConfigurationError(
+                        f"task {name}: resources[{resource!r}] must be an integer >= 1, "
+                        f"got {units!r}"
+                    )
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        """Gate the run: return to run it, or park it and end this execution (Ignore)."""
+        super().before_start(task_id, args, kwargs)
+        request = self.request
+        if request.called_directly or request.is_eager:
+            return
+        runtime = Cascade.for_app(self.app).runtime()
+        runtime.gate(self, self.cascade_info(request.delivery_info), args, kwargs)
+
+    def cascade_requirements(self) -> dict[str, int]:
+        """The pools every run needs, declared in code: ``pool -> units``."""
+        requirements = {f"resource:{name}": units for name, units in (self.resources or {}).items()}
+        if self.concurrency is not None:
+            requirements[concurrency_pool(f"task:{self.name}")] = 1
+        return requirements
+
+    def cascade_defaults(self) -> dict[str, int]:
+        """Pool capacities declared in code: ``pool -> capacity``."""
+        if self.concurrency is None:
+            return {}
+        return {concurrency_pool(f"task:{self.name}"): self.concurrency}
+
+    def cascade_info(self, delivery_info: Mapping[str, Any] | None) -> TaskInfo:
+        """What the constraint handlers see of a run of this task."""
+        return TaskInfo(
+            name=self.name,
+            queue=queue_of(self.app, delivery_info or {}),
+            resources=self.cascade_requirements(),
+        )
+
+
+def queue_of(app: Any, delivery_info: Mapping[str, Any]) -> str | None:
+    """The queue a message was routed to, from its exchange and routing key."""
+    exchange = delivery_info.get("exchange") or ""
+    routing_key = delivery_info.get("routing_key")
+    if not exchange or routing_key is None:
+        return routing_key
+    for queue in app.amqp.queues.values():
+        if (
+            queue.exchange is not None
+            and queue.exchange.name == exchange
+            and (queue.routing_key == routing_key)
+        ):
+            return str(queue.name)
+    return str(routing_key)
