@@ -26,6 +26,15 @@ _GLOB_CHARS = frozenset("*?[")
 _FIELDS = frozenset({"id", "type", "scope", "params", "expires_at"})
 
 
+def _is_finite_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 @dataclass(frozen=True)
 class TaskInfo:
     """What handlers may know about a task: its name, queue and static requirements."""
@@ -111,11 +120,7 @@ class Constraint:
             raise InvalidConstraint("type must be a non-empty string")
         if not isinstance(self.params, Mapping):
             raise InvalidConstraint("params must be an object")
-        if self.expires_at is not None and (
-            isinstance(self.expires_at, bool)
-            or not isinstance(self.expires_at, (int, float))
-            or not math.isfinite(self.expires_at)
-        ):
+        if self.expires_at is not None and not _is_finite_number(self.expires_at):
             raise InvalidConstraint("expires_at must be a number (unix seconds) or null")
 
     @classmethod

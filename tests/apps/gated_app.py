@@ -1,0 +1,91 @@
+"""A Celery app with gated tasks for the end-to-end tests.
+
+Built by ``make_app`` in-process, or from environment variables when a ``celery worker``
+subprocess imports this module (``celery -A tests.apps.gated_app worker``):
+``CASCADE_TEST_BROKER`` (broker, result backend and the event record),
+``CASCADE_TEST_REDIS`` (cascade's Redis), ``CASCADE_TEST_PREFIX``, ``CASCADE_TEST_LEASE``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import redis
+from celery import Celery
+
+from cascade_celery import Cascade, GatedTask
+
+
+def make_app(
+    broker: str,
+    cascade_redis: str,
+    prefix: str,
+    *,
+    lease_seconds: float = 30.0,
+    sweep_interval: float = 0.5,
+    retry_delay: float = 0.2,
+) -> Celery:
+    """A fresh app whose tasks record their start and end in the broker's Redis."""
+    app = Celery("gated", broker=broker, backend=broker, set_as_current=False)
+    app.conf.update(
+        cascade_redis_url=cascade_redis,
+        cascade_redis_prefix=prefix,
+        cascade_lease_seconds=lease_seconds,
+        cascade_sweep_interval=sweep_interval,
+        cascade_redis_retry_delay=retry_delay,
+        cascade_redis_retry_max_delay=1.0,
+        task_default_queue=f"{prefix}-q",
+        broker_connection_retry_on_startup=True,
+        result_expires=600,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"polling_interval": 0.1},
+    )
+    Cascade(app)
+    record = redis.Redis.from_url(broker)
+    events = f"{prefix}:events"
+
+    def note(kind: str, task_id: str, label: object) -> None:
+        event = {"kind": kind, "id": task_id, "label": label, "t": time.time(),
+                 "pid": os.getpid()}  # fmt: skip
+        record.rpush(events, json.dumps(event))
+
+    @app.task(shared=False, base=GatedTask, bind=True, name="gated.work")
+    def work(self, label: object, seconds: float = 0.05) -> object:
+        note("start", self.request.id, label)
+        try:
+            time.sleep(seconds)
+        finally:
+            note("end", self.request.id, label)
+        return label
+
+    @app.task(shared=False, base=GatedTask, name="gated.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(shared=False, base=GatedTask, name="gated.mul")
+    def mul(x: int, y: int) -> int:
+        return x * y
+
+    @app.task(shared=False, base=GatedTask, name="gated.tsum")
+    def tsum(values: list[int]) -> int:
+        return sum(values)
+
+    @app.task(shared=False, base=GatedTask, name="gated.limited", concurrency=2, bind=True)
+    def limited(self, label: object, seconds: float = 0.05) -> object:
+        note("start", self.request.id, label)
+        time.sleep(seconds)
+        note("end", self.request.id, label)
+        return label
+
+    return app
+
+
+if "CASCADE_TEST_BROKER" in os.environ:
+    app = make_app(
+        os.environ["CASCADE_TEST_BROKER"],
+        os.environ["CASCADE_TEST_REDIS"],
+        os.environ["CASCADE_TEST_PREFIX"],
+        lease_seconds=float(os.environ.get("CASCADE_TEST_LEASE", "30")),
+    )

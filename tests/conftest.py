@@ -1,0 +1,76 @@
+"""Shared fixtures: real Redis and Mosquitto servers on free ports, and per-test names.
+
+Every server is started fresh per test in ``tmp_path`` (a Redis starts in ~25 ms and
+stops in ~90 ms, Mosquitto in ~10 ms, so sharing them across tests is not worth the
+coupling). The system's own Redis (6379) and Mosquitto (1883) are never used.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.harness.mosquitto import MosquittoServer
+from tests.harness.redis_server import RedisServer
+from tests.harness.waiting import wait_for as _wait_for
+
+S = TypeVar("S", RedisServer, MosquittoServer)
+
+
+@contextmanager
+def _serving(make: Callable[[], S]) -> Iterator[S]:
+    """Build, start, yield and finally stop a server; a missing binary fails the test."""
+    try:
+        server = make()
+    except RuntimeError as error:
+        pytest.fail(str(error), pytrace=False)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis without persistence (what a crash loses is gone), for cascade's state."""
+    with _serving(lambda: RedisServer(tmp_path / "redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_server_aof(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis with AOF (``appendfsync always``): its data survives ``kill()``/``restart()``."""
+    with _serving(lambda: RedisServer(tmp_path / "redis-aof", appendonly=True)) as server:
+        yield server
+
+
+@pytest.fixture
+def broker_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A separate Redis used as the Celery broker and result backend."""
+    with _serving(lambda: RedisServer(tmp_path / "broker")) as server:
+        yield server
+
+
+@pytest.fixture
+def mosquitto_server(tmp_path: Path) -> Iterator[MosquittoServer]:
+    """A Mosquitto broker with persistence (retained messages survive a restart)."""
+    with _serving(lambda: MosquittoServer(tmp_path / "mosquitto")) as server:
+        yield server
+
+
+@pytest.fixture
+def unique_prefix(request: pytest.FixtureRequest) -> str:
+    """A short name unique to this test run, for Redis keys, queues and MQTT topics."""
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
+    name = name.removeprefix("test-")[:24].rstrip("-") or "t"
+    return f"{name}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., Any]:
+    """``tests.harness.waiting.wait_for``: poll a predicate until truthy, with a deadline."""
+    return _wait_for

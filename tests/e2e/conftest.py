@@ -1,0 +1,86 @@
+"""Fixtures for end-to-end tests: a broker Redis, cascade's Redis, the test app, workers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from cascade_celery import Cascade
+from tests.apps.gated_app import make_app
+from tests.harness.redis_server import RedisServer
+from tests.harness.workers import WorkerProcess, embedded_worker
+
+LEASE_SECONDS = 30.0
+
+
+@pytest.fixture
+def broker_client(broker_redis: RedisServer) -> redis.Redis:
+    """A client of the broker's Redis, where the test tasks record events."""
+    return broker_redis.client()
+
+
+@pytest.fixture
+def worker_env(
+    broker_redis: RedisServer, redis_server: RedisServer, unique_prefix: str
+) -> dict[str, str]:
+    """Environment that configures ``tests.apps.gated_app`` in a worker subprocess."""
+    return {
+        "CASCADE_TEST_BROKER": broker_redis.url(),
+        "CASCADE_TEST_REDIS": redis_server.url(),
+        "CASCADE_TEST_PREFIX": unique_prefix,
+        "CASCADE_TEST_LEASE": str(LEASE_SECONDS),
+    }
+
+
+@pytest.fixture
+def gated_app(worker_env: dict[str, str]) -> Iterator[Celery]:
+    """The test app in this process: sends tasks, changes constraints, reads results."""
+    app = make_app(
+        worker_env["CASCADE_TEST_BROKER"],
+        worker_env["CASCADE_TEST_REDIS"],
+        worker_env["CASCADE_TEST_PREFIX"],
+        lease_seconds=float(worker_env["CASCADE_TEST_LEASE"]),
+    )
+    yield app
+    Cascade.for_app(app).close()
+
+
+@pytest.fixture
+def cascade(gated_app: Celery) -> Cascade:
+    """The Python API of cascade on the test app."""
+    return Cascade.for_app(gated_app)
+
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def start_worker(
+    worker_env: dict[str, str], tmp_path: Path, unique_prefix: str
+) -> Iterator[StartWorker]:
+    """Start ``celery worker`` subprocesses running the test app; all stopped at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(pool: str = "prefork", concurrency: int = 4, **env: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            "tests.apps.gated_app",
+            pool=pool,
+            concurrency=concurrency,
+            env={**worker_env, **env},
+            log_dir=tmp_path,
+            queues=[f"{unique_prefix}-q"],
+        )
+        started.append(worker)
+        worker.start()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+__all__ = ["embedded_worker"]

@@ -1,0 +1,603 @@
+"""The pool scripts against a real redis-server, through ResourceManager.
+
+Covers all-or-none acquire, parking and FIFO hand-off, soft capacity changes, lease
+expiry and renewal, at-least-once hand-off of reservations, and script reloading.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import redis
+
+from cascade_celery.pools.keys import pool_keys
+from cascade_celery.pools.resources import Lease, PoolHandoff, ResourceManager
+from tests.harness.redis_server import RedisServer
+
+SHORT_LEASE = 0.2
+#: Long enough that a renewal every RENEW_LEASE / 10 survives a stalled test machine.
+RENEW_LEASE = 0.5
+
+
+class Pools:
+    """A ResourceManager plus direct looks at the keys it keeps."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def manager(self, *, lease_seconds: float = 30.0, max_handoffs: int = 500) -> ResourceManager:
+        return ResourceManager(
+            self.client, prefix=self.prefix, lease_seconds=lease_seconds, max_handoffs=max_handoffs
+        )
+
+    def used(self, pool: str) -> int:
+        return int(self.client.get(pool_keys(self.prefix, pool).used) or 0)
+
+    def holders(self, pool: str) -> list[str]:
+        return [m.decode() for m in self.client.zrange(pool_keys(self.prefix, pool).holders, 0, -1)]
+
+    def waiting(self, pool: str) -> list[str]:
+        return [m.decode() for m in self.client.zrange(pool_keys(self.prefix, pool).waiters, 0, -1)]
+
+    def is_parked(self, pool: str, task_id: str) -> bool:
+        return bool(self.client.hexists(pool_keys(self.prefix, pool).parked, task_id))
+
+
+@pytest.fixture
+def pools(redis_server: RedisServer, unique_prefix: str) -> Pools:
+    return Pools(redis_server.client(), unique_prefix)
+
+
+@pytest.fixture
+def rm(pools: Pools) -> ResourceManager:
+    return pools.manager()
+
+
+def payload(task_id: str) -> bytes:
+    return f'{{"id": "{task_id}"}}'.encode()
+
+
+def hold(
+    rm: ResourceManager, task_id: str, capacities: dict[str, int | None], **units: int
+) -> Lease:
+    """Acquire one unit (or ``units[pool]``) of every pool in ``capacities``; it must succeed."""
+    result = rm.try_acquire(
+        task_id, [(pool, units.get(pool, 1)) for pool in capacities], capacities
+    )
+    assert result.lease is not None, f"{task_id} was blocked at {result.blocked_pool}"
+    return result.lease
+
+
+def park(
+    rm: ResourceManager, task_id: str, pool: str, capacity: int | None, units: int = 1
+) -> None:
+    """Try to acquire, and park where blocked, as the runtime does; it must end up parked."""
+    result = rm.try_acquire(task_id, [(pool, units)], {pool: capacity})
+    assert result.lease is None, f"{task_id} acquired instead of parking"
+    parked, handoffs = rm.park(task_id, pool, units, capacity, payload(task_id))
+    assert parked
+    assert handoffs == ()
+
+
+def ids(handoffs: Sequence[PoolHandoff]) -> list[str]:
+    return [handoff.task_id for handoff in handoffs]
+
+
+def poll_handoffs(
+    wait_for: Callable[..., Any], call: Callable[[], Sequence[PoolHandoff]]
+) -> list[PoolHandoff]:
+    """Repeat ``call`` until it hands someone off; return those hand-offs."""
+    seen: list[PoolHandoff] = []
+
+    def handed_off() -> bool:
+        seen.extend(call())
+        return bool(seen)
+
+    wait_for(handed_off, 5.0, message="a hand-off")
+    return seen
+
+
+# -- acquire ------------------------------------------------------------------------------
+
+
+def test_acquire_succeeds_up_to_capacity_then_blocks(pools: Pools, rm: ResourceManager) -> None:
+    first = rm.try_acquire("t1", [("p", 1)], {"p": 2})
+    second = rm.try_acquire("t2", [("p", 1)], {"p": 2})
+    third = rm.try_acquire("t3", [("p", 1)], {"p": 2})
+
+    assert first.lease is not None
+    assert second.lease is not None
+    assert (third.lease, third.blocked_pool) == (None, "p")
+    assert pools.used("p") == 2
+    assert sorted(pools.holders("p")) == sorted([first.lease.member, second.lease.member])
+
+
+def test_a_lease_records_what_it_holds(rm: ResourceManager) -> None:
+    lease = hold(rm, "t1", {"a": 3, "b": None}, a=2)
+
+    assert lease.task_id == "t1"
+    assert lease.member.startswith("t:t1:")
+    assert lease.pools == (("a", 2), ("b", 1))
+
+
+def test_an_unlimited_pool_never_blocks(pools: Pools, rm: ResourceManager) -> None:
+    for n in range(20):
+        hold(rm, f"t{n}", {"p": None})
+
+    assert pools.used("p") == 20
+
+
+def test_acquire_is_all_or_none_when_the_second_pool_is_full(
+    pools: Pools, rm: ResourceManager
+) -> None:
+    # Given pool b is full and pool a has room
+    hold(rm, "other", {"b": 1})
+
+    # When a task needs both
+    result = rm.try_acquire("t1", [("a", 1), ("b", 1)], {"a": 5, "b": 1})
+
+    # Then it is blocked at b and holds nothing in a
+    assert (result.lease, result.blocked_pool) == (None, "b")
+    assert pools.used("a") == 0
+    assert pools.holders("a") == []
+    assert pools.used("b") == 1
+
+
+def test_acquire_is_all_or_none_when_the_first_pool_is_full(
+    pools: Pools, rm: ResourceManager
+) -> None:
+    hold(rm, "other", {"a": 1})
+
+    result = rm.try_acquire("t1", [("a", 1), ("b", 1)], {"a": 1, "b": 5})
+
+    assert result.blocked_pool == "a"
+    assert pools.used("b") == 0
+    assert pools.holders("b") == []
+
+
+def test_capacity_zero_holds_everything(pools: Pools, rm: ResourceManager) -> None:
+    result = rm.try_acquire("t1", [("p", 1)], {"p": 0})
+    parked, _ = rm.park("t1", "p", 1, 0, payload("t1"))
+
+    assert result.blocked_pool == "p"
+    assert parked
+    assert pools.waiting("p") == ["t1"]
+    assert pools.used("p") == 0
+
+
+def test_units_above_one_count_against_capacity(pools: Pools, rm: ResourceManager) -> None:
+    big = hold(rm, "big", {"p": 5}, p=3)
+
+    too_big = rm.try_acquire("too-big", [("p", 3)], {"p": 5})
+    fits = rm.try_acquire("fits", [("p", 2)], {"p": 5})
+
+    assert too_big.blocked_pool == "p"
+    assert fits.lease is not None
+    assert pools.used("p") == 5
+
+    rm.release(big)
+    assert pools.used("p") == 2
+
+
+def test_acquire_registers_its_pools(rm: ResourceManager) -> None:
+    hold(rm, "t1", {"a": 1, "b": None})
+    rm.update_resource("c", 3)
+
+    assert rm.known_pools() == {"a", "b", "c"}
+
+
+# -- release ------------------------------------------------------------------------------
+
+
+def test_release_gives_units_back_in_every_pool(pools: Pools, rm: ResourceManager) -> None:
+    lease = hold(rm, "t1", {"a": 2, "b": 2}, a=2)
+
+    assert rm.release(lease) == ()
+
+    assert (pools.used("a"), pools.used("b")) == (0, 0)
+    assert pools.holders("a") == pools.holders("b") == []
+
+
+def test_releasing_twice_changes_nothing(pools: Pools, rm: ResourceManager) -> None:
+    lease = hold(rm, "t1", {"p": 2})
+    hold(rm, "t2", {"p": 2})
+
+    rm.release(lease)
+    rm.release(lease)
+
+    assert pools.used("p") == 1
+
+
+# -- park and hand-off --------------------------------------------------------------------
+
+
+def test_park_refuses_when_the_pool_has_room(pools: Pools, rm: ResourceManager) -> None:
+    parked, handoffs = rm.park("t1", "p", 1, 2, payload("t1"))
+
+    assert (parked, handoffs) == (False, ())
+    assert pools.waiting("p") == []
+    assert not pools.is_parked("p", "t1")
+
+
+def test_park_refuses_when_room_freed_after_the_failed_acquire(
+    pools: Pools, rm: ResourceManager
+) -> None:
+    # Given a task blocked by a holder
+    holder = hold(rm, "holder", {"p": 1})
+    assert rm.try_acquire("t1", [("p", 1)], {"p": 1}).blocked_pool == "p"
+
+    # When the holder finishes before the task parks
+    rm.release(holder)
+    parked, _ = rm.park("t1", "p", 1, 1, payload("t1"))
+
+    # Then the task is told to acquire again, and can
+    assert not parked
+    assert rm.try_acquire("t1", [("p", 1)], {"p": 1}).lease is not None
+    assert pools.waiting("p") == []
+
+
+def test_release_hands_the_slot_to_the_parked_waiter_with_its_payload(
+    pools: Pools, rm: ResourceManager
+) -> None:
+    # Given a full pool and a parked waiter
+    holder = hold(rm, "holder", {"p": 1})
+    park(rm, "w1", "p", 1)
+
+    # When the holder releases
+    handoffs = rm.release(holder)
+
+    # Then the waiter is handed off with its payload and a reservation holds its slot
+    assert handoffs == (PoolHandoff("p", "w1", payload("w1")),)
+    assert pools.waiting("p") == []
+    assert pools.holders("p") == ["r:w1"]
+    assert pools.used("p") == 1
+    assert rm.try_acquire("newcomer", [("p", 1)], {"p": 1}).blocked_pool == "p"
+
+
+def test_the_handed_off_task_takes_over_its_reservation(pools: Pools, rm: ResourceManager) -> None:
+    holder = hold(rm, "holder", {"p": 1})
+    park(rm, "w1", "p", 1)
+    rm.release(holder)
+
+    result = rm.try_acquire("w1", [("p", 1)], {"p": 1})
+
+    assert result.lease is not None
+    assert pools.holders("p") == [result.lease.member]
+    assert pools.used("p") == 1
+
+
+def test_confirm_forgets_the_payloads_of_published_handoffs(
+    pools: Pools, rm: ResourceManager
+) -> None:
+    holder = hold(rm, "holder", {"p": 2}, p=2)
+    park(rm, "w1", "p", 2)
+    park(rm, "w2", "p", 2)
+    handoffs = rm.release(holder)
+    assert ids(handoffs) == ["w1", "w2"]
+
+    rm.confirm(handoffs)
+    rm.confirm(())
+
+    assert not pools.is_parked("p", "w1")
+    assert not pools.is_parked("p", "w2")
+    assert rm.try_acquire("w1", [("p", 1)], {"p": 2}).lease is not None
+
+
+def test_waiters_are_handed_off_in_the_order_they_parked(rm: ResourceManager) -> None:
+    # Given one slot, held, and five waiters parked in order
+    lease = hold(rm, "holder", {"p": 1})
+    waiters = [f"w{n}" for n in range(1, 6)]
+    for task_id in waiters:
+        park(rm, task_id, "p", 1)
+
+    # When each slot is released in turn and the handed-off task runs
+    order: list[str] = []
+    for _ in waiters:
+        handoffs = rm.release(lease)
+        assert len(handoffs) == 1
+        order += ids(handoffs)
+        rm.confirm(handoffs)
+        lease = hold(rm, handoffs[0].task_id, {"p": 1})
+
+    # Then they started in arrival order
+    assert order == waiters
+
+
+def test_a_newcomer_cannot_overtake_a_waiter(pools: Pools, rm: ResourceManager) -> None:
+    # Given 1 of 2 units held and a waiter that needs both
+    holder = hold(rm, "holder", {"p": 2})
+    park(rm, "big", "p", 2, units=2)
+
+    # When a newcomer needing the one free unit arrives
+    result = rm.try_acquire("small", [("p", 1)], {"p": 2})
+    parked, _ = rm.park("small", "p", 1, 2, payload("small"))
+
+    # Then it waits behind the waiter, and the waiter is served first
+    assert result.blocked_pool == "p"
+    assert parked
+    assert pools.waiting("p") == ["big", "small"]
+    assert ids(rm.release(holder)) == ["big"]
+    assert pools.used("p") == 2
+
+
+def test_parking_again_keeps_the_place_in_line(pools: Pools, rm: ResourceManager) -> None:
+    lease = hold(rm, "holder", {"p": 1})
+    park(rm, "w1", "p", 1)
+    park(rm, "w2", "p", 1)
+
+    # A duplicate delivery of w1 parks again.
+    parked, _ = rm.park("w1", "p", 1, 1, payload("w1"))
+
+    assert parked
+    assert pools.waiting("p") == ["w1", "w2"]
+    assert ids(rm.release(lease)) == ["w1"]
+
+
+def test_a_blocked_task_gives_its_reservation_to_the_next_waiter(
+    pools: Pools, rm: ResourceManager
+) -> None:
+    # Given w1 (needs a and b) and w2 (needs a) wait on a, and b is full
+    holder_a = hold(rm, "holder-a", {"a": 1})
+    hold(rm, "holder-b", {"b": 1})
+    capacities: dict[str, int | None] = {"a": 1, "b": 1}
+    assert rm.try_acquire("w1", [("a", 1), ("b", 1)], capacities).blocked_pool == "a"
+    assert rm.park("w1", "a", 1, 1, payload("w1"))[0]
+    park(rm, "w2", "a", 1)
+    assert ids(rm.release(holder_a)) == ["w1"]
+
+    # When w1 runs with its reservation in a, but is blocked at b
+    result = rm.try_acquire("w1", [("a", 1), ("b", 1)], capacities)
+
+    # Then it does not sit on a's slot: w2 gets it in the same call
+    assert result.blocked_pool == "b"
+    assert ids(result.handoffs) == ["w2"]
+    assert pools.holders("a") == ["r:w2"]
+    assert pools.used("a") == 1
+
+
+# -- capacity changes ---------------------------------------------------------------------
+
+
+def test_lowering_capacity_is_a_soft_limit(pools: Pools, rm: ResourceManager) -> None:
+    # Given three holders and a waiter at capacity 3
+    leases = [hold(rm, f"t{n}", {"p": 3}) for n in range(3)]
+    park(rm, "w1", "p", 3)
+
+    # When the capacity drops to 1, holders keep their units
+    waiting, handoffs = rm.update_resource("p", 1)
+    assert (waiting, handoffs) == (1, ())
+    assert pools.used("p") == 3
+    assert len(pools.holders("p")) == 3
+
+    # Then the waiter starts only once usage is below the new capacity
+    assert rm.release(leases[0]) == ()
+    assert rm.release(leases[1]) == ()
+    assert ids(rm.release(leases[2])) == ["w1"]
+
+
+def test_raising_capacity_hands_off_as_many_as_fit(pools: Pools, rm: ResourceManager) -> None:
+    hold(rm, "holder", {"p": 1})
+    for task_id in ("w1", "w2", "w3"):
+        park(rm, task_id, "p", 1)
+
+    waiting, handoffs = rm.update_resource("p", 3)
+
+    assert (waiting, ids(handoffs)) == (1, ["w1", "w2"])
+    assert pools.used("p") == 3
+
+
+def test_lifting_the_capacity_hands_off_every_waiter(pools: Pools, rm: ResourceManager) -> None:
+    for task_id in ("w1", "w2", "w3"):
+        park(rm, task_id, "p", 0)
+
+    waiting, handoffs = rm.update_resource("p", None)
+
+    assert (waiting, ids(handoffs)) == (0, ["w1", "w2", "w3"])
+    assert [h.payload for h in handoffs] == [payload(t) for t in ("w1", "w2", "w3")]
+    assert rm.client.exists(pool_keys(pools.prefix, "p").capacity) == 0
+
+
+def test_max_handoffs_bounds_one_call(pools: Pools) -> None:
+    rm = pools.manager(max_handoffs=2)
+    for n in range(5):
+        park(rm, f"w{n}", "p", 0)
+
+    first = rm.update_resource("p", None)
+    second = rm.update_resource("p", None)
+    third = rm.update_resource("p", None)
+
+    assert [(waiting, ids(h)) for waiting, h in (first, second, third)] == [
+        (3, ["w0", "w1"]),
+        (1, ["w2", "w3"]),
+        (0, ["w4"]),
+    ]
+
+
+def test_a_waiter_needing_more_than_is_free_waits_for_enough_room(
+    pools: Pools, rm: ResourceManager
+) -> None:
+    leases = [hold(rm, f"t{n}", {"p": 3}) for n in range(3)]
+    park(rm, "big", "p", 3, units=2)
+
+    assert rm.release(leases[0]) == ()
+    assert ids(rm.release(leases[1])) == ["big"]
+    assert pools.used("p") == 3
+
+
+# -- leases -------------------------------------------------------------------------------
+
+
+def test_an_expired_lease_is_reaped_by_the_next_call_and_its_slot_handed_off(
+    pools: Pools, wait_for: Callable[..., Any]
+) -> None:
+    # Given a holder with a short lease that nobody renews, and a waiter
+    short = pools.manager(lease_seconds=SHORT_LEASE)
+    sweeper = pools.manager()
+    lease = hold(short, "doomed", {"p": 1})
+    park(sweeper, "w1", "p", 1)
+
+    # When the next call comes after the lease ran out
+    handoffs = poll_handoffs(wait_for, lambda: sweeper.update_resource("p", 1)[1])
+
+    # Then the dead holder is gone and the waiter has its slot
+    assert ids(handoffs) == ["w1"]
+    assert lease.member not in pools.holders("p")
+    assert pools.holders("p") == ["r:w1"]
+    assert pools.used("p") == 1
+
+
+def test_an_acquire_reaps_an_expired_lease(pools: Pools, wait_for: Callable[..., Any]) -> None:
+    short = pools.manager(lease_seconds=SHORT_LEASE)
+    hold(short, "doomed", {"p": 1})
+    rm = pools.manager()
+
+    acquired = wait_for(lambda: rm.try_acquire("t2", [("p", 1)], {"p": 1}).lease, 5.0)
+
+    assert acquired
+    assert pools.used("p") == 1
+
+
+def test_renew_keeps_a_lease_alive_past_its_ttl(pools: Pools, wait_for: Callable[..., Any]) -> None:
+    # Given a holder with a short lease and a waiter
+    short = pools.manager(lease_seconds=RENEW_LEASE)
+    sweeper = pools.manager()
+    lease = hold(short, "long-task", {"p": 1})
+    park(sweeper, "w1", "p", 1)
+
+    # When the holder renews for two lease lengths while the pool is swept
+    deadline = time.monotonic() + 2 * RENEW_LEASE
+    while time.monotonic() < deadline:
+        assert short.renew(lease) == []
+        assert sweeper.update_resource("p", 1) == (1, ())
+        time.sleep(RENEW_LEASE / 10)  # the renewal cadence, well inside the lease
+
+    # Then it still holds its slot, and loses it only once it stops renewing
+    assert pools.holders("p") == [lease.member]
+    handoffs = poll_handoffs(wait_for, lambda: sweeper.update_resource("p", 1)[1])
+    assert ids(handoffs) == ["w1"]
+
+
+def test_renew_reports_the_pools_where_the_lease_was_lost(
+    pools: Pools, wait_for: Callable[..., Any]
+) -> None:
+    # Given a short lease in pools a and b
+    short = pools.manager(lease_seconds=SHORT_LEASE)
+    sweeper = pools.manager()
+    lease = hold(short, "late", {"a": 1, "b": 1})
+
+    # When b is swept after the lease ran out (a is not touched)
+    def reaped_in_b() -> bool:
+        sweeper.update_resource("b", 1)
+        return lease.member not in pools.holders("b")
+
+    wait_for(reaped_in_b, 5.0, message="the lease to be reaped in b")
+
+    # Then a late renewal reports b lost and does not re-create it
+    assert short.renew(lease) == ["b"]
+    assert pools.holders("a") == [lease.member]
+    assert pools.holders("b") == []
+    assert pools.used("b") == 0
+
+
+def test_releasing_a_reaped_lease_changes_nothing(
+    pools: Pools, wait_for: Callable[..., Any]
+) -> None:
+    short = pools.manager(lease_seconds=SHORT_LEASE)
+    rm = pools.manager()
+    lease = hold(short, "late", {"p": 1})
+    wait_for(lambda: rm.try_acquire("next", [("p", 1)], {"p": 1}).lease, 5.0)
+
+    assert short.release(lease) == ()
+
+    assert pools.used("p") == 1
+
+
+# -- at-least-once hand-off ---------------------------------------------------------------
+
+
+def test_an_unconfirmed_handoff_returns_to_the_head_of_the_line_when_it_expires(
+    pools: Pools, wait_for: Callable[..., Any]
+) -> None:
+    # Given two waiters, and a release by a process whose reservations are short
+    rm = pools.manager()
+    short = pools.manager(lease_seconds=SHORT_LEASE)
+    holder = hold(rm, "holder", {"p": 1})
+    park(rm, "w1", "p", 1)
+    park(rm, "w2", "p", 1)
+    assert ids(short.release(holder)) == ["w1"]
+
+    # When that process dies before publishing w1 (no confirm, w1 never acquires)
+    handoffs = poll_handoffs(wait_for, lambda: rm.update_resource("p", 1)[1])
+
+    # Then w1 is handed off again, before w2, with the same payload
+    assert handoffs == [PoolHandoff("p", "w1", payload("w1"))]
+    assert pools.waiting("p") == ["w2"]
+    assert pools.used("p") == 1
+
+
+def test_unconfirmed_handoffs_keep_their_arrival_order_when_they_return(
+    pools: Pools, wait_for: Callable[..., Any]
+) -> None:
+    # Given w1 and w2 handed off together by a process whose reservations are short, w3 waiting
+    rm = pools.manager()
+    short = pools.manager(lease_seconds=SHORT_LEASE)
+    holder = hold(rm, "holder", {"p": 2}, p=2)
+    for task_id in ("w1", "w2", "w3"):
+        park(rm, task_id, "p", 2)
+    assert ids(short.release(holder)) == ["w1", "w2"]
+
+    # When that process dies before publishing either, and the capacity is now 1
+    handoffs = poll_handoffs(wait_for, lambda: rm.update_resource("p", 1)[1])
+
+    # Then the earliest arrival, w1, is handed off first; w2 still comes before w3
+    assert ids(handoffs) == ["w1"]
+    assert pools.waiting("p") == ["w2", "w3"]
+
+
+def test_a_confirmed_handoff_whose_task_never_arrives_frees_its_slot(
+    pools: Pools, wait_for: Callable[..., Any]
+) -> None:
+    # Given w1 was handed off and published, but its message never arrives
+    rm = pools.manager()
+    short = pools.manager(lease_seconds=SHORT_LEASE)
+    holder = hold(rm, "holder", {"p": 1})
+    park(rm, "w1", "p", 1)
+    park(rm, "w2", "p", 1)
+    short.confirm(short.release(holder))
+
+    # When its reservation runs out
+    handoffs = poll_handoffs(wait_for, lambda: rm.update_resource("p", 1)[1])
+
+    # Then the slot goes to w2, and w1 is not handed off again
+    assert ids(handoffs) == ["w2"]
+    assert pools.waiting("p") == []
+    assert pools.holders("p") == ["r:w2"]
+
+
+# -- robustness ---------------------------------------------------------------------------
+
+
+def test_script_flush_between_calls_breaks_nothing(
+    pools: Pools, rm: ResourceManager, redis_server: RedisServer
+) -> None:
+    admin = redis_server.client()
+    lease = hold(rm, "t1", {"p": 1})
+    admin.script_flush()
+    park(rm, "w1", "p", 1)
+    admin.script_flush()
+
+    handoffs = rm.release(lease)
+    admin.script_flush()
+    taken_over = hold(rm, "w1", {"p": 1})
+    admin.script_flush()
+    lost = rm.renew(taken_over)
+    admin.script_flush()
+
+    assert ids(handoffs) == ["w1"]
+    assert lost == []
+    assert rm.update_resource("p", 2) == (0, ())
+    assert pools.used("p") == 1
