@@ -61,6 +61,7 @@ class Runtime:
         )
         self.store = ConstraintStore(self.client, config.redis_prefix, self.manager.validate)
         self._leases: dict[str, Lease] = {}
+        self._unreleased: dict[str, tuple[Lease, float]] = {}
         self._defaults_key = pool_defaults(config.redis_prefix)
         self._reload_lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -147,15 +148,23 @@ class Runtime:
     def release(self, task_id: str) -> None:
         """Give back the lease of a task that ended (any state)."""
         lease = self._leases.pop(task_id, None)
-        if lease is None:
-            return
+        if lease is not None:
+            self._release(lease, time.monotonic() + self.config.lease_seconds)
+
+    def _release(self, lease: Lease, expires: float) -> None:
         try:
             self.publish_handoffs(self.resources.release(lease))
         except redis.exceptions.RedisError as exc:
-            logger.warning(
-                "cascade: could not release %s (%s); its slot comes back when the lease "
-                "expires (%ss)", task_id, exc, self.config.lease_seconds,
-            )  # fmt: skip
+            # Retried by the keeper until Redis is back (or the lease has expired anyway).
+            self._unreleased[lease.member] = (lease, expires)
+            logger.warning("cascade: could not release %s yet (%s); will retry",
+                           lease.task_id, exc)  # fmt: skip
+
+    def _retry_releases(self) -> None:
+        for member, (lease, expires) in list(self._unreleased.items()):
+            del self._unreleased[member]
+            if time.monotonic() < expires:
+                self._release(lease, expires)
 
     def publish_handoffs(self, handoffs: Iterable[PoolHandoff]) -> None:
         """Publish parked tasks handed a slot, then confirm those that were published."""
@@ -260,6 +269,7 @@ class Runtime:
         while not self._stop.is_set():
             now = time.monotonic()
             try:
+                self._retry_releases()
                 self.manager.expire()
                 if now >= next_renew:
                     next_renew = now + renew_every

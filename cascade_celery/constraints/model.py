@@ -73,6 +73,8 @@ class Scope:
             raise InvalidConstraint("scope must be a string")
         if text == "global":
             return cls("global")
+        if text.startswith("global"):
+            raise InvalidConstraint("scope 'global' takes no name")
         kind, sep, name = text.partition(":")
         if not sep:
             raise InvalidConstraint(

@@ -59,9 +59,9 @@ end
 if blocked > 0 then
   for i = 1, pool_count do
     local k = pool_keys(i)
-    if redis.call('ZREM', k.holders, reservation) == 1 then
-      add_used(k, -tonumber(redis.call('HGET', k.units, reservation) or '0'))
-      redis.call('HDEL', k.units, reservation)
+    local reserved = drop_reservation(k, task_id)
+    if reserved then
+      add_used(k, -reserved)
       dispatch(k, i, now, ttl_ms, max_handoffs, out)
     end
   end
@@ -72,12 +72,8 @@ end
 for i = 1, pool_count do
   local k = pool_keys(i)
   local units = tonumber(ARGV[6 + 2 * (i - 1)])
-  if redis.call('ZREM', k.holders, reservation) == 1 then
-    add_used(k, units - tonumber(redis.call('HGET', k.units, reservation) or '0'))
-    redis.call('HDEL', k.units, reservation)
-  else
-    add_used(k, units)
-  end
+  local reserved = drop_reservation(k, task_id)
+  add_used(k, units - (reserved or 0))
   redis.call('ZADD', k.holders, now + ttl_ms, lease_member)
   redis.call('HSET', k.units, lease_member, units)
 end

@@ -7,7 +7,8 @@
     holders   ZSET    member -> lease expiry (ms, Redis clock)
                       "t:<task id>:<token>"  a running task's lease
                       "r:<task id>"          a reservation for a handed-off waiter
-    units     HASH    member -> units, for holders and for waiting "r:<task id>" entries
+    units     HASH    member -> units, for holders and for waiting "r:<task id>" entries;
+                      "q:<task id>" -> arrival position of a task handed off from the line
     waiters   ZSET    task id -> arrival sequence (FIFO, lowest first)
     parked    HASH    task id -> message payload (opaque JSON), until its hand-off is confirmed
     seq       STRING  arrival counter
@@ -62,7 +63,8 @@ end
 
 -- Drop expired holders: leases of dead workers, and reservations whose task never
 -- arrived. A reservation whose payload is still parked was never published (its
--- publisher died): it goes back to the head of the line, so it is not lost.
+-- publisher died): it goes back in line at its original arrival position ("q:<id>"
+-- remembers it), so it is neither lost nor moved behind later arrivals.
 local function reap(k, now)
   local expired = redis.call('ZRANGEBYSCORE', k.holders, '-inf', now, 'LIMIT', 0, 1000)
   for _, member in ipairs(expired) do
@@ -72,14 +74,22 @@ local function reap(k, now)
     local task_id = nil
     if string.sub(member, 1, 2) == 'r:' then task_id = string.sub(member, 3) end
     if task_id and redis.call('HEXISTS', k.parked, task_id) == 1 then
-      local head = redis.call('ZRANGE', k.waiters, 0, 0, 'WITHSCORES')
-      local score = 0
-      if head[2] then score = tonumber(head[2]) - 1 end
-      redis.call('ZADD', k.waiters, score, task_id)
+      local position = redis.call('HGET', k.units, 'q:' .. task_id) or 0
+      redis.call('ZADD', k.waiters, position, task_id)
     else
       redis.call('HDEL', k.units, member)
+      if task_id then redis.call('HDEL', k.units, 'q:' .. task_id) end
     end
   end
+end
+
+-- Forget a reservation (taken over by its task, or given back); returns its units.
+local function drop_reservation(k, task_id)
+  local member = 'r:' .. task_id
+  if redis.call('ZREM', k.holders, member) == 0 then return nil end
+  local units = tonumber(redis.call('HGET', k.units, member) or '0')
+  redis.call('HDEL', k.units, member, 'q:' .. task_id)
+  return units
 end
 
 -- Hand free room to waiters in arrival order, at most `max` of them. Each gets a
@@ -101,6 +111,7 @@ local function dispatch(k, index, now, ttl_ms, max, out)
       redis.call('HDEL', k.units, member)
     else
       if capacity ~= nil and used_of(k) + units > capacity then break end
+      redis.call('HSET', k.units, 'q:' .. task_id, redis.call('ZSCORE', k.waiters, task_id))
       redis.call('ZREM', k.waiters, task_id)
       redis.call('ZADD', k.holders, now + ttl_ms, member)
       add_used(k, units)
