@@ -27,6 +27,7 @@ from cascade_celery.constraints.model import ID_PATTERN, Constraint, Scope
 from cascade_celery.errors import ConfigurationError, PoolUnavailable
 from cascade_celery.runtime import REDIS_DOWN, Runtime
 from cascade_celery.store import ConstraintStore
+from cascade_celery.worker import HandoffQueues, consumes_handoffs
 
 GATED_TASK = "cascade_celery.task:GatedTask"
 _ATTRIBUTE = "_cascade"
@@ -44,6 +45,7 @@ class Cascade:
         self._runtime: Runtime | None = None
         self._admin: tuple[int, ConstraintStore] | None = None
         setattr(app, _ATTRIBUTE, self)
+        app.steps["consumer"].add(HandoffQueues)
         if gate_all:
             _gate_all(app)
 
@@ -66,7 +68,11 @@ class Cascade:
         with self._lock:
             runtime = self._runtime
             if runtime is None or runtime.pid != os.getpid():
-                runtime = self._runtime = Runtime(self.app, self.config)
+                runtime = self._runtime = Runtime(
+                    self.app,
+                    self.config,
+                    handoff_queues=self.config.handoff_queues and consumes_handoffs(self.app),
+                )
             return runtime
 
     def current_runtime(self) -> Runtime | None:

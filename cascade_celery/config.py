@@ -30,6 +30,7 @@ class CascadeConfig:
     redis_retry_delay: float = 1.0
     redis_retry_max_delay: float = 30.0
     max_handoffs: int = 500
+    handoff_queues: bool = True
 
     @classmethod
     def from_app(cls, app: Celery) -> CascadeConfig:
@@ -52,6 +53,7 @@ class CascadeConfig:
                 conf, "cascade_redis_retry_max_delay", 30.0, minimum=0.01
             ),
             max_handoffs=_positive_int(conf, "cascade_max_handoffs", 500),
+            handoff_queues=_flag(conf, "cascade_handoff_queues", default=True),
         )
 
 
@@ -101,4 +103,13 @@ def _positive_int(conf: Any, name: str, default: int) -> int:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _flag(conf: Any, name: str, *, default: bool) -> bool:
+    value = conf.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
     return value

@@ -44,9 +44,11 @@ _ATTEMPTS = 5
 class Runtime:
     """Gate tasks of one app in the current process."""
 
-    def __init__(self, app: Celery, config: CascadeConfig) -> None:
+    def __init__(self, app: Celery, config: CascadeConfig, *, handoff_queues: bool) -> None:
         self.app = app
         self.config = config
+        #: Hand off through ``cascade.handoff.<queue>`` (workers consume them).
+        self.handoff_queues = handoff_queues
         self.pid = os.getpid()
         self.client = redis.Redis.from_url(
             config.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0,
@@ -121,14 +123,19 @@ class Runtime:
                 decision = self.manager.evaluate(info)
                 if decision.is_free:
                     return
-                result = self.resources.try_acquire(task_id, decision.pools, decision.capacities)
+                result = self.resources.try_acquire(
+                    task_id,
+                    decision.pools,
+                    decision.capacities,
+                    handed_off_from=parking.handed_off_from(task.request),
+                )
                 self.publish_handoffs(result.handoffs)
                 if result.lease is not None:
                     self._leases[task_id] = result.lease
                     return
                 pool = str(result.blocked_pool)
                 units = dict(decision.pools)[pool]
-                payload = parking.capture(task, args, kwargs)
+                payload = parking.capture(task, args, kwargs, info.queue)
                 parked, handoffs = self.resources.park(
                     task_id, pool, units, decision.capacities[pool], payload
                 )
@@ -141,9 +148,9 @@ class Runtime:
                     self._mark_deferred(task, pool, decision.denied_by is not None)
                     raise Ignore()
         except REDIS_DOWN as exc:
-            self._back_off(task, args, kwargs, exc)
+            self._back_off(task, info, args, kwargs, exc)
         # Contended beyond reason: go back to the broker rather than spin.
-        self._back_off(task, args, kwargs, None)
+        self._back_off(task, info, args, kwargs, None)
 
     def release(self, task_id: str) -> None:
         """Give back the lease of a task that ended (any state)."""
@@ -171,7 +178,7 @@ class Runtime:
         published = []
         for handoff in handoffs:
             try:
-                parking.publish(self.app, handoff.payload)
+                parking.publish(self.app, handoff.payload, via_handoff_queue=self.handoff_queues)
             except Exception:
                 logger.exception(
                     "cascade: hand-off of %s from %s failed; it returns to the head of the "
@@ -190,7 +197,9 @@ class Runtime:
         except Exception as exc:
             logger.warning("cascade: could not record DEFERRED for %s: %s", task.request.id, exc)
 
-    def _back_off(self, task: Task, args: Any, kwargs: Any, exc: Exception | None) -> None:
+    def _back_off(
+        self, task: Task, info: TaskInfo, args: Any, kwargs: Any, exc: Exception | None
+    ) -> None:
         attempts = int((task.request.headers or {}).get(RETRY_HEADER, 0)) + 1
         delay = min(
             self.config.redis_retry_max_delay,
@@ -204,7 +213,7 @@ class Runtime:
         try:
             parking.publish(
                 self.app,
-                parking.capture(task, args, kwargs),
+                parking.capture(task, args, kwargs, info.queue),
                 countdown=delay,
                 headers={RETRY_HEADER: attempts},
             )

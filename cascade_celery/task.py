@@ -17,6 +17,7 @@ from cascade_celery.cascade import Cascade
 from cascade_celery.constraints.handlers.concurrency import MAX_LIMIT, concurrency_pool
 from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.errors import ConfigurationError
+from cascade_celery.pools.parking import original_route
 
 _RESOURCE_NAME = re.compile(r"[^\s{}]{1,200}")
 
@@ -71,7 +72,7 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
         if request.called_directly or request.is_eager:
             return
         runtime = Cascade.for_app(self.app).runtime()
-        runtime.gate(self, self.cascade_info(request.delivery_info), args, kwargs)
+        runtime.gate(self, self.cascade_info(request), args, kwargs)
 
     def cascade_requirements(self) -> dict[str, int]:
         """The pools every run needs, declared in code: ``pool -> units``."""
@@ -86,20 +87,20 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
             return {}
         return {concurrency_pool(f"task:{self.name}"): self.concurrency}
 
-    def cascade_info(self, delivery_info: Mapping[str, Any] | None) -> TaskInfo:
-        """What the constraint handlers see of a run of this task."""
+    def cascade_info(self, request: Any) -> TaskInfo:
+        """What the constraint handlers see of a run of this task (``request``)."""
         return TaskInfo(
             name=self.name,
-            queue=queue_of(self.app, delivery_info or {}),
+            queue=queue_of(self.app, *original_route(request)),
             resources=self.cascade_requirements(),
         )
 
 
-def queue_of(app: Any, delivery_info: Mapping[str, Any]) -> str | None:
+def queue_of(app: Any, exchange: str, routing_key: str) -> str | None:
     """The queue a message was routed to, from its exchange and routing key."""
-    exchange = delivery_info.get("exchange") or ""
-    routing_key = delivery_info.get("routing_key")
-    if not exchange or routing_key is None:
+    if not routing_key:
+        return None
+    if not exchange:
         return routing_key
     for queue in app.amqp.queues.values():
         if (

@@ -110,7 +110,9 @@ class Partner:
             return 0
         processed = self.redis.smismember(PROCESSED, ids)
         duplicated = self.redis.smismember(DUPLICATED, ids)
-        return sum(1 for done, again in zip(processed, duplicated) if done and not again)
+        return sum(
+            1 for done, again in zip(processed, duplicated, strict=True) if done and not again
+        )
 
     def reset(self) -> None:
         """Clear the scoreboard (before a run)."""

@@ -37,7 +37,7 @@ _partner: Partner | None = None
 
 def partner() -> Partner:
     """This process's partner client (made on first use, so after fork)."""
-    global _partner  # noqa: PLW0603 - one client per process is the point
+    global _partner
     if _partner is None:
         _partner = Partner.from_env()
     return _partner

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from celery import Celery, Task
+from kombu.entity import Exchange, Queue
 from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.json import loads as json_loads
@@ -30,14 +31,49 @@ _TRANSPORT_PROPERTIES = frozenset(
     {"delivery_info", "delivery_tag", "body_encoding", "content_type", "content_encoding"}
 )
 PAYLOAD_VERSION = 1
+#: Header carrying a handed-off message's original (exchange, routing key).
+ROUTE_HEADER = "cascade_route"
+#: Header naming the pool a handed-off message holds a reservation in.
+HANDOFF_POOL_HEADER = "cascade_handoff_pool"
+_HANDOFF_PREFIX = "cascade.handoff."
 
 
-def capture(task: Task, args: Any, kwargs: Any) -> bytes:
-    """Serialize the message of the task now executing (``task.request``)."""
+def handoff_queue(queue: str) -> str:
+    """The queue parked tasks of ``queue`` are handed off to."""
+    return f"{_HANDOFF_PREFIX}{queue}"
+
+
+def is_handoff_queue(queue: str) -> bool:
+    """Whether ``queue`` is a hand-off queue."""
+    return queue.startswith(_HANDOFF_PREFIX)
+
+
+def handed_off_from(request: Any) -> str | None:
+    """The pool a handed-off task holds a reservation in, if it was handed off."""
+    pool = (request.headers or {}).get(HANDOFF_POOL_HEADER)
+    return pool if isinstance(pool, str) else None
+
+
+def original_route(request: Any) -> tuple[str, str]:
+    """The (exchange, routing key) a task was first sent with, through any hand-offs."""
+    route = (request.headers or {}).get(ROUTE_HEADER)
+    if isinstance(route, (list, tuple)) and len(route) == 2:
+        return str(route[0] or ""), str(route[1] or "")
+    delivery = request.delivery_info or {}
+    return str(delivery.get("exchange") or ""), str(delivery.get("routing_key") or "")
+
+
+def capture(task: Task, args: Any, kwargs: Any, queue: str | None) -> bytes:
+    """Serialize the message of the task now executing (``task.request``).
+
+    ``queue`` is the queue it was routed to, used to pick its hand-off queue.
+    """
     request = task.request
     attributes = vars(request)
     headers = {name: attributes[name] for name in _HEADERS if name in attributes}
     headers.update(request.headers or {})
+    headers.pop(ROUTE_HEADER, None)
+    headers.pop(HANDOFF_POOL_HEADER, None)
     headers["task"] = task.name
     headers["id"] = request.id
     headers.setdefault("lang", "py")
@@ -61,6 +97,7 @@ def capture(task: Task, args: Any, kwargs: Any) -> bytes:
     delivery = request.delivery_info or {}
     if delivery.get("priority") is not None:
         properties["priority"] = delivery["priority"]
+    exchange, routing_key = original_route(request)
     payload = {
         "v": PAYLOAD_VERSION,
         "headers": headers,
@@ -68,8 +105,9 @@ def capture(task: Task, args: Any, kwargs: Any) -> bytes:
         "content_type": content_type,
         "content_encoding": content_encoding,
         "body": base64.b64encode(body if isinstance(body, bytes) else body.encode()).decode(),
-        "exchange": delivery.get("exchange") or "",
-        "routing_key": delivery.get("routing_key") or "",
+        "exchange": exchange,
+        "routing_key": routing_key,
+        "queue": queue,
     }
     return str(json_dumps(payload)).encode()
 
@@ -80,31 +118,40 @@ def publish(
     *,
     countdown: float | None = None,
     headers: Mapping[str, Any] | None = None,
+    via_handoff_queue: bool = False,
 ) -> str:
     """Publish a captured message again (optionally delayed, with extra headers).
 
-    Return its task id.
+    ``via_handoff_queue`` sends it to its queue's hand-off queue, ahead of any backlog;
+    its original route travels in a header. Return its task id.
     """
     message = json_loads(payload)
     headers = {**message["headers"], **(headers or {})}
+    exchange, routing_key = message["exchange"], message["routing_key"]
+    declare: list[Queue] = []
+    if via_handoff_queue and message.get("queue"):
+        headers[ROUTE_HEADER] = [exchange, routing_key]
+        exchange = routing_key = handoff_queue(message["queue"])
+        declare.append(Queue(exchange, Exchange(exchange, "direct"), routing_key=routing_key))
+    elif not exchange and routing_key in app.amqp.queues:
+        declare.append(app.amqp.queues[routing_key])
     if countdown is not None:
         eta = datetime.now(timezone.utc) + timedelta(seconds=countdown)
         headers["eta"] = eta.isoformat()
     properties = dict(message["properties"])
     priority = properties.pop("priority", None)
-    queue = app.amqp.queues.get(message["routing_key"]) if not message["exchange"] else None
     with app.producer_or_acquire() as producer:
         producer.publish(
             base64.b64decode(message["body"]),
-            exchange=message["exchange"],
-            routing_key=message["routing_key"],
+            exchange=exchange,
+            routing_key=routing_key,
             headers=headers,
             content_type=message["content_type"],
             content_encoding=message["content_encoding"],
             priority=priority,
             retry=True,
             retry_policy=app.conf.task_publish_retry_policy,
-            declare=[queue] if queue is not None else None,
+            declare=declare,
             **properties,
         )
     return str(headers["id"])

@@ -67,11 +67,18 @@ class ResourceManager:
         task_id: str,
         pools: Sequence[tuple[str, int]],
         capacities: Mapping[str, int | None],
+        *,
+        handed_off_from: str | None = None,
     ) -> AcquireResult:
-        """Acquire ``units`` of every pool, or nothing; never waits."""
+        """Acquire ``units`` of every pool, or nothing; never waits.
+
+        ``handed_off_from``: the pool whose reservation the task carries; given back if
+        the task no longer needs that pool.
+        """
         names = [name for name, _ in pools]
         self._register(names)
         member = f"t:{task_id}:{uuid.uuid4().hex[:12]}"
+        stale = [] if handed_off_from in (None, *names) else [str(handed_off_from)]
         outcome = self._scripts.acquire(
             [pool_keys(self.prefix, name) for name in names],
             [(capacities.get(name), units) for name, units in pools],
@@ -79,8 +86,9 @@ class ResourceManager:
             member=member,
             lease_seconds=self.lease_seconds,
             max_handoffs=self.max_handoffs,
+            release_reservations_in=[pool_keys(self.prefix, name) for name in stale],
         )
-        handoffs = self._resolve(names, outcome)
+        handoffs = self._resolve([*names, *stale], outcome)
         if outcome.status == 1:
             return AcquireResult(Lease(task_id, member, tuple(pools)), None, handoffs)
         return AcquireResult(None, names[outcome.detail - 1], handoffs)

@@ -94,12 +94,18 @@ class Scripts:
         member: str,
         lease_seconds: float,
         max_handoffs: int,
+        release_reservations_in: Sequence[PoolKeys] = (),
     ) -> Outcome:
-        """All-or-none acquire; status 1 acquired, else detail is the blocking pool (1-based)."""
-        args: list[Any] = [task_id, member, _ms(lease_seconds), max_handoffs]
+        """All-or-none acquire; status 1 acquired, else detail is the blocking pool (1-based).
+
+        ``release_reservations_in``: pools the task was handed off from but no longer
+        needs; its reservations there go to the next waiter.
+        """
+        args: list[Any] = [task_id, member, _ms(lease_seconds), max_handoffs, len(pools)]
         for capacity, units in requests:
             args += [_capacity_arg(capacity), units]
-        return _outcome(self._scripts["acquire"](keys=_flatten(pools), args=args))
+        keys = _flatten([*pools, *release_reservations_in])
+        return _outcome(self._scripts["acquire"](keys=keys, args=args))
 
     def park(
         self,

@@ -60,6 +60,13 @@ def make_app(
             note("end", self.request.id, label)
         return label
 
+    @app.task(shared=False, base=GatedTask, bind=True, name="gated.nap")
+    def nap(self, label: object, seconds: float = 0.05) -> object:
+        note("start", self.request.id, label)
+        time.sleep(seconds)
+        note("end", self.request.id, label)
+        return label
+
     @app.task(shared=False, base=GatedTask, name="gated.add")
     def add(x: int, y: int) -> int:
         return x + y

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.app.task import Context
 
 from cascade_celery import GatedTask
 from cascade_celery.constraints.handlers.concurrency import MAX_LIMIT
@@ -109,7 +110,8 @@ def test_concurrency_and_resources_combine() -> None:
 def test_cascade_info_carries_name_queue_and_requirements() -> None:
     task = make_task(concurrency=2)
 
-    info = task.cascade_info({"exchange": "", "routing_key": "payments"})
+    request = Context(delivery_info={"exchange": "", "routing_key": "payments"})
+    info = task.cascade_info(request)
 
     assert info == TaskInfo(
         name="shop.charge",
@@ -119,4 +121,13 @@ def test_cascade_info_carries_name_queue_and_requirements() -> None:
 
 
 def test_cascade_info_without_delivery_info_has_no_queue() -> None:
-    assert make_task().cascade_info(None).queue is None
+    assert make_task().cascade_info(Context()).queue is None
+
+
+def test_cascade_info_of_a_handed_off_task_names_its_original_queue() -> None:
+    request = Context(
+        delivery_info={"exchange": "", "routing_key": "cascade.handoff.payments"},
+        cascade_route=["", "payments"],
+    )
+
+    assert make_task().cascade_info(request).queue == "payments"
