@@ -8,6 +8,7 @@ changes the shared constraint set.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -25,9 +26,14 @@ from cascade_celery.constraints.handlers import default_handlers
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import ID_PATTERN, Constraint, Scope
 from cascade_celery.errors import ConfigurationError, PoolUnavailable
+from cascade_celery.mqtt import protocol
+from cascade_celery.mqtt.listener import ConstraintListener
+from cascade_celery.mqtt.publisher import publish_retained
 from cascade_celery.runtime import REDIS_DOWN, Runtime
 from cascade_celery.store import ConstraintStore
 from cascade_celery.worker import HandoffQueues, consumes_handoffs
+
+logger = logging.getLogger(__name__)
 
 GATED_TASK = "cascade_celery.task:GatedTask"
 _ATTRIBUTE = "_cascade"
@@ -44,6 +50,7 @@ class Cascade:
         self._lock = threading.Lock()
         self._runtime: Runtime | None = None
         self._admin: tuple[int, ConstraintStore] | None = None
+        self._listener: tuple[int, ConstraintListener] | None = None
         setattr(app, _ATTRIBUTE, self)
         app.steps["consumer"].add(HandoffQueues)
         if gate_all:
@@ -81,21 +88,65 @@ class Cascade:
         return runtime if runtime is not None and runtime.pid == os.getpid() else None
 
     def close(self) -> None:
-        """Stop this process's Runtime (threads, connections)."""
+        """Stop this process's Runtime and MQTT listener (threads, connections)."""
         runtime = self.current_runtime()
         if runtime is not None:
             runtime.stop()
             self._runtime = None
+        listener, self._listener = self._listener, None
+        if listener is not None and listener[0] == os.getpid():
+            listener[1].stop()
+
+    def start_listener(self, node: str) -> None:
+        """In a worker's main process: mirror MQTT constraints into Redis (if configured).
+
+        Waits (``cascade_mqtt_connect_timeout``) for the retained state, so no gated task
+        starts before the worker knows the constraints; if the broker can't be reached in
+        time, the last state known in Redis is enforced, and it keeps reconnecting.
+        """
+        settings = self.config.mqtt
+        if settings is None or self._listener is not None:
+            return
+        listener = ConstraintListener(
+            settings,
+            self.config.mqtt_prefix,
+            self._store(),
+            ConstraintManager(default_handlers()),
+            client_id=f"cascade-{self.config.mqtt_prefix}-{node}",
+        )
+        self._listener = (os.getpid(), listener)
+        if not listener.start(timeout=settings.connect_timeout):
+            logger.warning(
+                "cascade: MQTT broker %s not reached within %.0fs: enforcing the constraints "
+                "last known in Redis until it is (reconnecting in the background)",
+                settings.redacted_url(), settings.connect_timeout,
+            )  # fmt: skip
 
     # -- the Python API for changes ------------------------------------------------------
 
     def apply_constraint(self, constraint: Constraint) -> None:
-        """Make ``constraint`` active on every worker (replacing one with the same id)."""
+        """Make ``constraint`` active on every worker (replacing one with the same id).
+
+        With ``cascade_mqtt_url`` set it is published retained (QoS 1) on the control
+        plane; otherwise it is written to the shared Redis directly.
+        """
+        ConstraintManager(default_handlers()).validate(constraint)
+        settings = self.config.mqtt
+        if settings is not None:
+            topic = protocol.topic_for(self.config.mqtt_prefix, constraint.id)
+            publish_retained(settings, [(topic, protocol.encode(constraint))])
+            return
         with _reaching_redis(self.config):
             self._store().put(constraint)
 
     def remove_constraint(self, constraint_id: str) -> bool:
-        """Remove a constraint everywhere; return whether it was active."""
+        """Remove a constraint everywhere; return whether it was in force."""
+        settings = self.config.mqtt
+        if settings is not None:
+            known = constraint_id in {c.id for c in self.constraints()}
+            topic = protocol.topic_for(self.config.mqtt_prefix, constraint_id)
+            publish_retained(settings, [(topic, b"")])
+            return known
         with _reaching_redis(self.config):
             return self._store().delete(constraint_id)
 

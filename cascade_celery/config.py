@@ -7,14 +7,58 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from celery import Celery
 
 from cascade_celery.errors import ConfigurationError
 
 _PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """How to reach the MQTT broker, parsed from ``cascade_mqtt_url`` and the TLS settings."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    keepalive: int = 30
+    connect_timeout: float = 10.0
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MqttSettings:
+        """Parse ``mqtt://[user:password@]host[:port]`` or ``mqtts://…``."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ConfigurationError(f"cascade_mqtt_url: scheme must be mqtt or mqtts, got {url!r}")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigurationError(f"cascade_mqtt_url: bad port ({exc})") from None
+        if not parts.hostname:
+            raise ConfigurationError("cascade_mqtt_url: missing host")
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=port or (8883 if tls else 1883),
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            **options,
+        )
+
+    def redacted_url(self) -> str:
+        """The URL without its password, for logs."""
+        user = f"{self.username}:***@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -31,6 +75,7 @@ class CascadeConfig:
     redis_retry_max_delay: float = 30.0
     max_handoffs: int = 500
     handoff_queues: bool = True
+    mqtt: MqttSettings | None = None
 
     @classmethod
     def from_app(cls, app: Celery) -> CascadeConfig:
@@ -54,6 +99,7 @@ class CascadeConfig:
             ),
             max_handoffs=_positive_int(conf, "cascade_max_handoffs", 500),
             handoff_queues=_flag(conf, "cascade_handoff_queues", default=True),
+            mqtt=_mqtt(conf),
         )
 
 
@@ -113,3 +159,30 @@ def _flag(conf: Any, name: str, *, default: bool) -> bool:
     if not isinstance(value, bool):
         raise ConfigurationError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+def _mqtt(conf: Any) -> MqttSettings | None:
+    url = conf.get("cascade_mqtt_url")
+    if url is None:
+        return None
+    if not isinstance(url, str):
+        raise ConfigurationError(f"cascade_mqtt_url must be a URL string, got {url!r}")
+    files = {}
+    for option in ("ca_certs", "certfile", "keyfile"):
+        value = conf.get(f"cascade_mqtt_{option}")
+        if value is not None and not isinstance(value, str):
+            raise ConfigurationError(f"cascade_mqtt_{option} must be a file path, got {value!r}")
+        files[option] = value
+    if (files["certfile"] is None) != (files["keyfile"] is None):
+        raise ConfigurationError("cascade_mqtt_certfile and cascade_mqtt_keyfile go together")
+    keepalive = conf.get("cascade_mqtt_keepalive", 30)
+    if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 5 <= keepalive <= 3600:
+        raise ConfigurationError(
+            f"cascade_mqtt_keepalive must be an integer 5..3600, got {keepalive!r}"
+        )
+    return MqttSettings.from_url(
+        url,
+        keepalive=keepalive,
+        connect_timeout=_seconds(conf, "cascade_mqtt_connect_timeout", 10.0, minimum=0.1),
+        **files,
+    )

@@ -17,3 +17,7 @@ class InvalidConstraint(CascadeError):
 
 class PoolUnavailable(CascadeError):
     """The Redis server holding the pools cannot be reached."""
+
+
+class ControlPlaneUnavailable(CascadeError):
+    """The MQTT broker could not be reached, or refused the connection or the publish."""

@@ -42,11 +42,20 @@ def start_child_runtime(**_: Any) -> None:
         logger.warning("cascade: could not load constraints at process start: %s", exc)
 
 
-def check_config(sender: Any = None, **_: Any) -> None:
-    """Fail a worker at start-up, not at its first task, when a setting is wrong."""
+def start_worker_node(sender: Any = None, **_: Any) -> None:
+    """In the worker's main process, before the pool starts.
+
+    Check the settings (a wrong one stops the worker now, not at its first task) and
+    start the node's MQTT listener, waiting a bounded time for the retained state.
+    """
     cascade = getattr(getattr(sender, "app", None), "_cascade", None)
-    if cascade is not None:
-        _ = cascade.config
+    if cascade is None:
+        return
+    _ = cascade.config
+    try:
+        cascade.start_listener(getattr(sender, "hostname", None) or "worker")
+    except Exception:
+        logger.exception("cascade: could not start the MQTT listener")
 
 
 def stop_runtime(**_: Any) -> None:
@@ -58,6 +67,6 @@ def stop_runtime(**_: Any) -> None:
 
 signals.task_postrun.connect(release_slots, weak=False)
 signals.worker_process_init.connect(start_child_runtime, weak=False)
-signals.worker_init.connect(check_config, weak=False)
+signals.worker_init.connect(start_worker_node, weak=False)
 signals.worker_process_shutdown.connect(stop_runtime, weak=False)
 signals.worker_shutdown.connect(stop_runtime, weak=False)

@@ -33,15 +33,21 @@ class ConstraintStore:
         self._hash = constraints_hash(prefix)
         self._version = constraints_version(prefix)
 
-    def put(self, constraint: Constraint) -> None:
-        """Validate and store ``constraint`` (replacing one with the same id), then announce."""
+    def put(self, constraint: Constraint) -> bool:
+        """Validate and store ``constraint`` (replacing one with the same id), then announce.
+
+        Storing what is already stored changes nothing; return whether anything changed.
+        """
         self._validate(constraint)
         data = json.dumps(constraint.to_dict(), sort_keys=True)
+        if _text(self.client.hget(self._hash, constraint.id)) == data:
+            return False
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(self._hash, constraint.id, data)
             pipe.incr(self._version)
             _, version = pipe.execute()
         self.client.publish(self.channel, version)
+        return True
 
     def delete(self, constraint_id: str) -> bool:
         """Remove a constraint; return whether it was stored."""
@@ -50,6 +56,10 @@ class ConstraintStore:
         version = self.client.incr(self._version)
         self.client.publish(self.channel, version)
         return True
+
+    def ids(self) -> set[str]:
+        """The ids of every stored constraint."""
+        return {str(_text(key)) for key in self.client.hkeys(self._hash)}
 
     def version(self) -> int:
         """The current version of the set (0 before any change)."""
@@ -71,3 +81,9 @@ class ConstraintStore:
                 continue
             constraints.append(constraint)
         return int(version or 0), constraints
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)

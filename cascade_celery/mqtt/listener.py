@@ -1,0 +1,190 @@
+"""The worker node's MQTT listener: mirrors retained constraint topics into Redis.
+
+One connection per worker node (in the worker's main process); every process of the
+node (prefork children included) then picks changes up from the shared ConstraintStore.
+
+- On connect it subscribes to ``<prefix>/constraints/+`` (QoS 1) and receives the
+  retained state; a message it publishes to its own marker topic comes back after the
+  retained burst, which marks the moment the worker knows the current state.
+- The session is persistent (``clean_session=False``, a stable client id), so changes
+  published while the node was offline, removals included, arrive on reconnect.
+- On a fresh session, constraints stored but absent from the retained burst were
+  removed while nobody listened: they are removed too — unless the burst was empty,
+  which more likely means a broker that lost its retained state: then the last known
+  constraints stay in force and a warning says so.
+- paho reconnects by itself with backoff. An exception inside a paho callback would
+  kill paho's network thread silently, so every callback catches everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any
+
+import redis
+
+from cascade_celery.config import MqttSettings
+from cascade_celery.constraints.manager import ConstraintManager
+from cascade_celery.errors import InvalidConstraint
+from cascade_celery.mqtt import protocol
+from cascade_celery.mqtt.client import make_client
+from cascade_celery.store import ConstraintStore
+
+logger = logging.getLogger(__name__)
+
+
+class ConstraintListener:
+    """Keep a ConstraintStore equal to the retained constraints of one MQTT prefix."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        prefix: str,
+        store: ConstraintStore,
+        manager: ConstraintManager,
+        client_id: str,
+    ) -> None:
+        self.settings = settings
+        self.prefix = prefix
+        self.store = store
+        self._validate = manager.validate
+        self._client = make_client(settings, client_id, clean_session=False)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        self._client.on_disconnect = self._on_disconnect
+        self._marker_topic = f"{prefix}/_sync/{client_id}"
+        self._marker = ""
+        self._burst: set[str] | None = None
+        self._fresh_session = False
+        self._pending: dict[str, protocol.Change] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._retry_thread: threading.Thread | None = None
+        #: Set once the retained state has been received since the last (re)connect.
+        self.synced = threading.Event()
+
+    def start(self, timeout: float) -> bool:
+        """Connect in the background; return whether the retained state arrived in time."""
+        self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive)
+        self._client.loop_start()
+        self._retry_thread = threading.Thread(
+            target=self._retry_pending, name="cascade-mqtt-retry", daemon=True
+        )
+        self._retry_thread.start()
+        return self.synced.wait(timeout)
+
+    def stop(self) -> None:
+        """Disconnect and stop the network thread."""
+        self._stop.set()
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- paho callbacks: each catches everything ------------------------------------------
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        try:
+            if reason.is_failure:
+                logger.error("cascade: MQTT %s refused the connection: %s",
+                             self.settings.redacted_url(), reason)  # fmt: skip
+                return
+            logger.info("cascade: connected to MQTT %s", self.settings.redacted_url())
+            with self._lock:
+                self._fresh_session = not flags.session_present
+                self._burst = set()
+                self._marker = uuid.uuid4().hex
+            client.subscribe([(protocol.subscription(self.prefix), 1), (self._marker_topic, 1)])
+        except Exception:
+            logger.exception("cascade: MQTT on_connect failed")
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: Any, codes: Any, props: Any) -> None:
+        try:
+            if any(code.is_failure for code in codes):
+                logger.error("cascade: MQTT subscription refused: %s", codes)
+                return
+            client.publish(self._marker_topic, self._marker, qos=1)
+        except Exception:
+            logger.exception("cascade: MQTT on_subscribe failed")
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        try:
+            if not self._stop.is_set():
+                logger.warning("cascade: MQTT disconnected (%s); constraints stay in force, "
+                               "reconnecting", reason)  # fmt: skip
+        except Exception:  # pragma: no cover - logging failed
+            return
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        try:
+            if message.topic == self._marker_topic:
+                if message.payload.decode(errors="replace") == self._marker:
+                    self._end_of_burst()
+                return
+            self._receive(message.topic, bytes(message.payload))
+        except Exception:
+            logger.exception("cascade: MQTT message on %s could not be handled", message.topic)
+
+    # -- applying changes -------------------------------------------------------------------
+
+    def _receive(self, topic: str, payload: bytes) -> None:
+        try:
+            constraint_id = protocol.id_from_topic(self.prefix, topic)
+            with self._lock:
+                if self._burst is not None:
+                    self._burst.add(constraint_id)
+            change = protocol.decode(self.prefix, topic, payload, self._validate)
+        except InvalidConstraint as exc:
+            logger.error("cascade: rejected MQTT message on %s: %s", topic, exc)
+            return
+        self._apply(change)
+
+    def _apply(self, change: protocol.Change) -> None:
+        try:
+            if change.constraint is None:
+                self.store.delete(change.constraint_id)
+            else:
+                self.store.put(change.constraint)
+        except redis.exceptions.RedisError as exc:
+            logger.warning("cascade: Redis unavailable (%s); constraint %s will be stored "
+                           "when it is back", exc, change.constraint_id)  # fmt: skip
+            with self._lock:
+                self._pending[change.constraint_id] = change
+        else:
+            with self._lock:
+                self._pending.pop(change.constraint_id, None)
+
+    def _retry_pending(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                pending = list(self._pending.values())
+            for change in pending:
+                self._apply(change)
+
+    def _end_of_burst(self) -> None:
+        with self._lock:
+            burst, self._burst = self._burst, None
+            fresh = self._fresh_session
+        if burst is not None and fresh:
+            self._forget_absent(burst)
+        self.synced.set()
+
+    def _forget_absent(self, burst: set[str]) -> None:
+        stored = self.store.ids()
+        absent = stored - burst
+        if not absent:
+            return
+        if not burst:
+            logger.warning(
+                "cascade: the MQTT broker holds no retained constraints but %d are in force "
+                "(%s); keeping them (a broker without persistence loses retained messages "
+                "on restart). Publish them again, or remove them explicitly.",
+                len(absent), ", ".join(sorted(absent)),
+            )  # fmt: skip
+            return
+        for constraint_id in absent:
+            logger.info("cascade: %s was removed while this node was offline", constraint_id)
+            self.store.delete(constraint_id)

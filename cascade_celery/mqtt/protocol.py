@@ -1,0 +1,87 @@
+"""The v1 wire protocol: topics and payloads to and from constraints. Pure, no I/O.
+
+Topic ``<prefix>/constraints/<id>``; payload a UTF-8 JSON object with the constraint's
+fields, published retained with QoS 1. An empty payload removes the constraint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cascade_celery.constraints.model import ID_PATTERN, Constraint
+from cascade_celery.errors import InvalidConstraint
+
+#: Payloads larger than this are rejected unread.
+MAX_PAYLOAD_BYTES = 16 * 1024
+_SEGMENT = "constraints"
+
+
+def subscription(prefix: str) -> str:
+    """The topic filter a worker subscribes to."""
+    return f"{prefix}/{_SEGMENT}/+"
+
+
+def topic_for(prefix: str, constraint_id: str) -> str:
+    """The topic of constraint ``constraint_id``."""
+    if not ID_PATTERN.fullmatch(constraint_id):
+        raise InvalidConstraint(f"id {constraint_id!r} must match [A-Za-z0-9._:-]{{1,128}}")
+    return f"{prefix}/{_SEGMENT}/{constraint_id}"
+
+
+def id_from_topic(prefix: str, topic: str) -> str:
+    """The constraint id a topic names; InvalidConstraint if it is not a constraint topic."""
+    head = f"{prefix}/{_SEGMENT}/"
+    if not topic.startswith(head):
+        raise InvalidConstraint(f"topic is not under {head}")
+    constraint_id = topic[len(head) :]
+    if not ID_PATTERN.fullmatch(constraint_id):
+        raise InvalidConstraint(f"topic id {constraint_id!r} must match [A-Za-z0-9._:-]{{1,128}}")
+    return constraint_id
+
+
+def encode(constraint: Constraint) -> bytes:
+    """The payload published for ``constraint``."""
+    return json.dumps(constraint.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class Change:
+    """A decoded message: ``constraint`` to apply, or None to remove ``constraint_id``."""
+
+    constraint_id: str
+    constraint: Constraint | None
+
+
+def decode(
+    prefix: str,
+    topic: str,
+    payload: bytes,
+    validate: Callable[[Constraint], None],
+) -> Change:
+    """Decode one message; raise InvalidConstraint with the reason if it is bad."""
+    constraint_id = id_from_topic(prefix, topic)
+    if not payload:
+        return Change(constraint_id, None)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise InvalidConstraint(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidConstraint(f"payload is not UTF-8 ({exc.reason})") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidConstraint(f"payload is not JSON ({exc})") from None
+    constraint = Constraint.from_dict(data)
+    if constraint.id != constraint_id:
+        raise InvalidConstraint(
+            f"payload id {constraint.id!r} does not match topic id {constraint_id!r}"
+        )
+    validate(constraint)
+    return Change(constraint_id, constraint)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
