@@ -3,7 +3,8 @@
 Built by ``make_app`` in-process, or from environment variables when a ``celery worker``
 subprocess imports this module (``celery -A tests.apps.gated_app worker``):
 ``CASCADE_TEST_BROKER`` (broker, result backend and the event record),
-``CASCADE_TEST_REDIS`` (cascade's Redis), ``CASCADE_TEST_PREFIX``, ``CASCADE_TEST_LEASE``.
+``CASCADE_TEST_REDIS`` (cascade's Redis), ``CASCADE_TEST_PREFIX``, ``CASCADE_TEST_LEASE``,
+``CASCADE_TEST_MQTT`` (optional control plane) and ``CASCADE_TEST_MQTT_<OPTION>``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def make_app(
     lease_seconds: float = 30.0,
     sweep_interval: float = 0.5,
     retry_delay: float = 0.2,
+    mqtt_url: str | None = None,
+    mqtt_options: dict[str, object] | None = None,
 ) -> Celery:
     """A fresh app whose tasks record their start and end in the broker's Redis."""
     app = Celery("gated", broker=broker, backend=broker, set_as_current=False)
@@ -42,6 +45,13 @@ def make_app(
         worker_prefetch_multiplier=1,
         broker_transport_options={"polling_interval": 0.1},
     )
+    if mqtt_url:
+        app.conf.update(
+            cascade_mqtt_url=mqtt_url,
+            cascade_mqtt_prefix=prefix,
+            cascade_mqtt_connect_timeout=5.0,
+            **{f"cascade_mqtt_{key}": value for key, value in (mqtt_options or {}).items()},
+        )
     Cascade(app)
     record = redis.Redis.from_url(broker)
     events = f"{prefix}:events"
@@ -95,4 +105,10 @@ if "CASCADE_TEST_BROKER" in os.environ:
         os.environ["CASCADE_TEST_REDIS"],
         os.environ["CASCADE_TEST_PREFIX"],
         lease_seconds=float(os.environ.get("CASCADE_TEST_LEASE", "30")),
+        mqtt_url=os.environ.get("CASCADE_TEST_MQTT"),
+        mqtt_options={
+            key.removeprefix("CASCADE_TEST_MQTT_").lower(): value
+            for key, value in os.environ.items()
+            if key.startswith("CASCADE_TEST_MQTT_")
+        },
     )

@@ -66,13 +66,14 @@ def start_worker(
     started: list[WorkerProcess] = []
 
     def start(pool: str = "prefork", concurrency: int = 4, **env: str) -> WorkerProcess:
+        prefix = env.get("CASCADE_TEST_PREFIX", unique_prefix)
         worker = WorkerProcess(
             "tests.apps.gated_app",
             pool=pool,
             concurrency=concurrency,
             env={**worker_env, **env},
             log_dir=tmp_path,
-            queues=[f"{unique_prefix}-q"],
+            queues=[f"{prefix}-q"],
         )
         started.append(worker)
         worker.start()
