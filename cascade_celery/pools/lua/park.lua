@@ -49,6 +49,6 @@ end
 
 redis.call('ZADD', k.waiters, redis.call('INCR', k.seq), task_id)
 redis.call('HSET', k.parked, task_id, payload)
-redis.call('HSET', k.units, 'r:' .. task_id, units)
+redis.call('HSET', k.units, 'r:' .. task_id, units, 'a:' .. task_id, now)
 out[1] = 1
 return out

@@ -9,6 +9,7 @@
                       "r:<task id>"          a reservation for a handed-off waiter
     units     HASH    member -> units, for holders and for waiting "r:<task id>" entries;
                       "q:<task id>" -> arrival position of a task handed off from the line
+                      "a:<task id>" -> when the task was parked (ms), for "oldest wait"
     waiters   ZSET    task id -> arrival sequence (FIFO, lowest first)
     parked    HASH    task id -> message payload (opaque JSON), until its hand-off is confirmed
     seq       STRING  arrival counter
@@ -78,7 +79,7 @@ local function reap(k, now)
       redis.call('ZADD', k.waiters, position, task_id)
     else
       redis.call('HDEL', k.units, member)
-      if task_id then redis.call('HDEL', k.units, 'q:' .. task_id) end
+      if task_id then redis.call('HDEL', k.units, 'q:' .. task_id, 'a:' .. task_id) end
     end
   end
 end
@@ -88,7 +89,7 @@ local function drop_reservation(k, task_id)
   local member = 'r:' .. task_id
   if redis.call('ZREM', k.holders, member) == 0 then return nil end
   local units = tonumber(redis.call('HGET', k.units, member) or '0')
-  redis.call('HDEL', k.units, member, 'q:' .. task_id)
+  redis.call('HDEL', k.units, member, 'q:' .. task_id, 'a:' .. task_id)
   return units
 end
 
@@ -108,7 +109,7 @@ local function dispatch(k, index, now, ttl_ms, max, out)
     if not payload then
       -- Nothing to publish (purged): drop the entry and look at the next one.
       redis.call('ZREM', k.waiters, task_id)
-      redis.call('HDEL', k.units, member)
+      redis.call('HDEL', k.units, member, 'q:' .. task_id, 'a:' .. task_id)
     else
       if capacity ~= nil and used_of(k) + units > capacity then break end
       redis.call('HSET', k.units, 'q:' .. task_id, redis.call('ZSCORE', k.waiters, task_id))
