@@ -1,0 +1,115 @@
+"""Read the live state of every pool from Redis (for ``celery cascade status``).
+
+Three round trips, whatever the number of pools: the registry, the code defaults and
+Redis's clock; then each pool's counters and the head of its line; then when that head
+was parked. Waits are measured on Redis's clock, the one the Lua scripts stamp with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from cascade_celery.constraints.handlers import default_handlers
+from cascade_celery.constraints.manager import ConstraintManager
+from cascade_celery.constraints.model import Constraint
+from cascade_celery.pools.keys import pool_defaults, pool_keys, pool_registry
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """One pool as it is now."""
+
+    name: str
+    #: Units the pool may hand out (None: unlimited), from the constraints or a code default.
+    capacity: int | None
+    #: Units held: by running tasks, and by parked tasks being handed off.
+    running: int
+    #: Tasks parked in the pool's line.
+    parked: int
+    #: How long the first task in line has waited (None: nobody waits, or not recorded).
+    oldest_wait_seconds: float | None
+    #: Ids of the active constraints that set the pool's capacity.
+    governed_by: tuple[str, ...] = ()
+    #: The capacity declared in code (task options), if any.
+    default_capacity: int | None = None
+
+    @property
+    def is_idle(self) -> bool:
+        """Nothing governs the pool, holds units of it or waits in it."""
+        return (
+            not self.governed_by
+            and self.default_capacity is None
+            and self.running == 0
+            and self.parked == 0
+        )
+
+
+def read_status(
+    client: redis.Redis, prefix: str, constraints: Sequence[Constraint]
+) -> list[PoolStatus]:
+    """Every pool registered under ``prefix`` or governed by ``constraints``, by name.
+
+    ``constraints`` are the active ones (e.g. ``Cascade.constraints()``); they give each
+    pool its capacity the way a worker computes it. Raises redis-py's errors.
+    """
+    handlers = default_handlers()
+    by_type = {handler.type: handler for handler in handlers}
+    manager = ConstraintManager(handlers)
+    manager.replace_all(constraints)
+    governed: dict[str, list[str]] = {}
+    for constraint in sorted(constraints, key=lambda c: c.id):
+        for pool in by_type[constraint.type].pool_capacities(constraint):
+            governed.setdefault(pool, []).append(constraint.id)
+
+    with client.pipeline(transaction=False) as pipe:
+        pipe.smembers(pool_registry(prefix))
+        pipe.hgetall(pool_defaults(prefix))
+        pipe.time()
+        registered, raw_defaults, (seconds, microseconds) = pipe.execute()
+    now_ms = seconds * 1000 + microseconds // 1000
+    defaults = {_text(pool): int(capacity) for pool, capacity in raw_defaults.items()}
+    for pool, capacity in defaults.items():
+        manager.set_default_capacity(pool, capacity)
+    names = sorted({*map(_text, registered), *governed, *defaults})
+
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            keys = pool_keys(prefix, name)
+            pipe.get(keys.used)
+            pipe.zcard(keys.waiters)
+            pipe.zrange(keys.waiters, 0, 0)
+        counters = pipe.execute()
+    heads = {
+        name: _text(head[0])
+        for name, head in zip(names, counters[2::3], strict=True)
+        if head  # the first in line has waited longest: a line is FIFO
+    }
+
+    with client.pipeline(transaction=False) as pipe:
+        for name, task_id in heads.items():
+            pipe.hget(pool_keys(prefix, name).units, f"a:{task_id}")
+        parked_at = dict(zip(heads, pipe.execute(), strict=True))
+
+    return [
+        PoolStatus(
+            name=name,
+            capacity=manager.capacity_of(name),
+            running=int(used or 0),
+            parked=int(parked),
+            oldest_wait_seconds=(
+                None
+                if parked_at.get(name) is None
+                else max(0.0, (now_ms - int(parked_at[name])) / 1000)
+            ),
+            governed_by=tuple(governed.get(name, ())),
+            default_capacity=defaults.get(name),
+        )
+        for name, used, parked in zip(names, counters[0::3], counters[1::3], strict=True)
+    ]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
