@@ -43,12 +43,14 @@ class MqttSettings:
             port = parts.port
         except ValueError as exc:
             raise ConfigurationError(f"cascade_mqtt_url: bad port ({exc})") from None
+        if port == 0:
+            raise ConfigurationError("cascade_mqtt_url: bad port (0)")
         if not parts.hostname:
             raise ConfigurationError("cascade_mqtt_url: missing host")
         tls = parts.scheme == "mqtts"
         return cls(
             host=parts.hostname,
-            port=port or (8883 if tls else 1883),
+            port=(8883 if tls else 1883) if port is None else port,
             tls=tls,
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,

@@ -168,9 +168,14 @@ class ConstraintListener:
         with self._lock:
             burst, self._burst = self._burst, None
             fresh = self._fresh_session
-        if burst is not None and fresh:
-            self._forget_absent(burst)
-        self.synced.set()
+        try:
+            if burst is not None and fresh:
+                self._forget_absent(burst)
+        except redis.exceptions.RedisError as exc:
+            logger.warning("cascade: Redis unavailable (%s); constraints removed while this "
+                           "node was offline are removed at the next reconnect", exc)  # fmt: skip
+        finally:
+            self.synced.set()
 
     def _forget_absent(self, burst: set[str]) -> None:
         stored = self.store.ids()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from cascade_celery.config import CascadeConfig
+from cascade_celery.config import CascadeConfig, MqttSettings
 from cascade_celery.errors import ConfigurationError
 
 
@@ -69,6 +69,7 @@ def test_every_setting_is_read() -> None:
         redis_retry_delay=0.2,
         redis_retry_max_delay=5.0,
         max_handoffs=50,
+        mqtt=MqttSettings.from_url("mqtts://user:pw@broker:8883"),
     )
     assert isinstance(config.lease_seconds, float)
 
