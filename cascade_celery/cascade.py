@@ -21,7 +21,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from cascade_celery.config import CascadeConfig
+from cascade_celery.config import CascadeConfig, redact_url
 from cascade_celery.constraints.handlers import default_handlers
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import ID_PATTERN, Constraint, Scope
@@ -214,7 +214,8 @@ def _reaching_redis(config: CascadeConfig) -> Iterator[None]:
     try:
         yield
     except REDIS_DOWN as exc:
-        raise PoolUnavailable(f"Redis at {config.redis_url} is unreachable: {exc}") from exc
+        url = redact_url(config.redis_url)
+        raise PoolUnavailable(f"Redis at {url} is unreachable: {exc}") from exc
 
 
 def default_id(type_: str, scope: str) -> str:

@@ -13,17 +13,17 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, TypeVar
 
 import click
 import redis
 from celery.bin.base import CeleryCommand, CeleryOption
 
 from cascade_celery.cascade import Cascade, default_id
+from cascade_celery.config import redact_url
 from cascade_celery.constraints.handlers.concurrency import MAX_LIMIT
 from cascade_celery.constraints.model import ID_PATTERN, Constraint, Scope
 from cascade_celery.errors import CascadeError, InvalidConstraint, PoolUnavailable
@@ -142,18 +142,10 @@ def _reporting_errors(ctx: click.Context) -> Iterator[None]:
     except CascadeError as exc:  # Redis or MQTT unreachable, a bad cascade_* setting
         raise click.ClickException(str(exc)) from exc
     except REDIS_DOWN as exc:
-        url = _redacted(_cascade(ctx).config.redis_url)
+        url = redact_url(_cascade(ctx).config.redis_url)
         raise click.ClickException(f"Redis at {url} is unreachable: {exc}") from exc
     except redis.exceptions.RedisError as exc:
         raise click.ClickException(f"Redis error: {exc}") from exc
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _confirm(ctx: click.Context, message: str) -> None:
@@ -194,24 +186,28 @@ def cascade() -> None:
     """
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _for_option(help_text: str) -> Callable[[F], F]:
+    """``--for DURATION``: how long the constraint lasts."""
+    return click.option(
+        "--for", "duration", callback=_duration, metavar="DURATION", cls=CeleryOption,
+        help=help_text,
+    )  # fmt: skip
+
+
+def _id_option(help_text: str) -> Callable[[F], F]:
+    """``--id ID``: the constraint's id (default ``<type>-<scope>``)."""
+    return click.option(
+        "--id", "constraint_id", callback=_id, metavar="ID", cls=CeleryOption, help=help_text
+    )
+
+
 @cascade.command(cls=CeleryCommand, epilog=_SCOPE_HELP)
 @click.argument("scope", callback=_scope)
-@click.option(
-    "--for",
-    "duration",
-    callback=_duration,
-    metavar="DURATION",
-    cls=CeleryOption,
-    help="End the pause after DURATION (30s, 10m, 2h, 1h30m, 1d or seconds).",
-)
-@click.option(
-    "--id",
-    "constraint_id",
-    callback=_id,
-    metavar="ID",
-    cls=CeleryOption,
-    help="Constraint id (default: pause-<scope>).",
-)
+@_for_option("End the pause after DURATION (30s, 10m, 2h, 1h30m, 1d or seconds).")
+@_id_option("Constraint id (default: pause-<scope>).")
 @click.pass_context
 def pause(
     ctx: click.Context, scope: Scope, duration: float | None, constraint_id: str | None
@@ -225,14 +221,7 @@ def pause(
 
 @cascade.command(cls=CeleryCommand, epilog=_SCOPE_HELP)
 @click.argument("scope", callback=_scope)
-@click.option(
-    "--id",
-    "constraint_id",
-    callback=_id,
-    metavar="ID",
-    cls=CeleryOption,
-    help="Id of the pause to end (default: pause-<scope>).",
-)
+@_id_option("Id of the pause to end (default: pause-<scope>).")
 @click.pass_context
 def resume(ctx: click.Context, scope: Scope, constraint_id: str | None) -> None:
     """End the pause of SCOPE: its parked tasks start again, in arrival order."""
@@ -247,22 +236,8 @@ def resume(ctx: click.Context, scope: Scope, constraint_id: str | None) -> None:
 )
 @click.argument("scope", callback=_scope)
 @click.argument("n", callback=_limit)
-@click.option(
-    "--for",
-    "duration",
-    callback=_duration,
-    metavar="DURATION",
-    cls=CeleryOption,
-    help="Lift the limit after DURATION (30s, 10m, 2h, 1h30m, 1d or seconds).",
-)
-@click.option(
-    "--id",
-    "constraint_id",
-    callback=_id,
-    metavar="ID",
-    cls=CeleryOption,
-    help="Constraint id (default: concurrency-<scope>).",
-)
+@_for_option("Lift the limit after DURATION (30s, 10m, 2h, 1h30m, 1d or seconds).")
+@_id_option("Constraint id (default: concurrency-<scope>).")
 @click.pass_context
 def limit(
     ctx: click.Context, scope: Scope, n: int, duration: float | None, constraint_id: str | None
@@ -278,14 +253,7 @@ def limit(
 
 @cascade.command(cls=CeleryCommand, epilog=_SCOPE_HELP)
 @click.argument("scope", callback=_scope)
-@click.option(
-    "--id",
-    "constraint_id",
-    callback=_id,
-    metavar="ID",
-    cls=CeleryOption,
-    help="Id of the limit to lift (default: concurrency-<scope>).",
-)
+@_id_option("Id of the limit to lift (default: concurrency-<scope>).")
 @click.pass_context
 def unlimit(ctx: click.Context, scope: Scope, constraint_id: str | None) -> None:
     """Lift the concurrency limit of SCOPE."""

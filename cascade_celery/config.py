@@ -9,7 +9,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from celery import Celery
 
@@ -188,3 +188,12 @@ def _mqtt(conf: Any) -> MqttSettings | None:
         connect_timeout=_seconds(conf, "cascade_mqtt_connect_timeout", 10.0, minimum=0.1),
         **files,
     )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -155,8 +155,3 @@ def publish(
             **properties,
         )
     return str(headers["id"])
-
-
-def task_id_of(payload: bytes) -> str:
-    """The task id inside a captured payload."""
-    return str(json_loads(payload)["headers"]["id"])

@@ -51,8 +51,3 @@ def peak_concurrency(all_runs: list[Run], *, after: float = 0.0) -> int:
         running += delta
         peak = max(peak, running)
     return peak
-
-
-def labels_in_start_order(all_runs: list[Run]) -> list[object]:
-    """Labels of the runs, ordered by start time."""
-    return [run.label for run in all_runs]
