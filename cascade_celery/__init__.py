@@ -6,7 +6,9 @@ from cascade_celery.constraints.model import Constraint, Scope, TaskInfo
 from cascade_celery.errors import (
     CascadeError,
     ConfigurationError,
+    ControlPlaneUnavailable,
     InvalidConstraint,
+    NotApplied,
     PoolUnavailable,
 )
 from cascade_celery.runtime import DEFERRED
@@ -18,8 +20,10 @@ __all__ = [
     "CascadeError",
     "ConfigurationError",
     "Constraint",
+    "ControlPlaneUnavailable",
     "GatedTask",
     "InvalidConstraint",
+    "NotApplied",
     "PoolUnavailable",
     "Scope",
     "TaskInfo",

@@ -25,7 +25,7 @@ from cascade_celery.config import CascadeConfig, redact_url
 from cascade_celery.constraints.handlers import default_handlers
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import ID_PATTERN, Constraint, Scope
-from cascade_celery.errors import ConfigurationError, PoolUnavailable
+from cascade_celery.errors import ConfigurationError, NotApplied, PoolUnavailable
 from cascade_celery.mqtt import protocol
 from cascade_celery.mqtt.listener import ConstraintListener
 from cascade_celery.mqtt.publisher import publish_retained
@@ -124,31 +124,64 @@ class Cascade:
 
     # -- the Python API for changes ------------------------------------------------------
 
-    def apply_constraint(self, constraint: Constraint) -> None:
+    def apply_constraint(self, constraint: Constraint, *, wait: float | None = None) -> None:
         """Make ``constraint`` active on every worker (replacing one with the same id).
 
         With ``cascade_mqtt_url`` set it is published retained (QoS 1) on the control
-        plane; otherwise it is written to the shared Redis directly.
+        plane; otherwise it is written to the shared Redis directly. A change reaches the
+        workers a few milliseconds later; with ``wait`` (seconds) this returns only once
+        every gating worker process enforces it, and raises NotApplied if that takes longer.
         """
         ConstraintManager(default_handlers()).validate(constraint)
         settings = self.config.mqtt
         if settings is not None:
             topic = protocol.topic_for(self.config.mqtt_prefix, constraint.id)
             publish_retained(settings, [(topic, protocol.encode(constraint))])
-            return
-        with _reaching_redis(self.config):
-            self._store().put(constraint)
+        else:
+            with _reaching_redis(self.config):
+                self._store().put(constraint)
+        if wait is not None:
+            self.wait_until_applied(constraint.id, constraint, timeout=wait)
 
-    def remove_constraint(self, constraint_id: str) -> bool:
-        """Remove a constraint everywhere; return whether it was in force."""
+    def remove_constraint(self, constraint_id: str, *, wait: float | None = None) -> bool:
+        """Remove a constraint everywhere; return whether it was in force.
+
+        ``wait`` as for :meth:`apply_constraint`.
+        """
         settings = self.config.mqtt
         if settings is not None:
             known = constraint_id in {c.id for c in self.constraints()}
             topic = protocol.topic_for(self.config.mqtt_prefix, constraint_id)
             publish_retained(settings, [(topic, b"")])
-            return known
+        else:
+            with _reaching_redis(self.config):
+                known = self._store().delete(constraint_id)
+        if wait is not None:
+            self.wait_until_applied(constraint_id, None, timeout=wait)
+        return known
+
+    def wait_until_applied(
+        self, constraint_id: str, constraint: Constraint | None, *, timeout: float
+    ) -> None:
+        """Wait until every gating worker process enforces ``constraint`` (None: its removal).
+
+        Raise NotApplied after ``timeout`` seconds, naming what is still behind. Processes
+        that have not gated a task yet load the current set when they first do.
+        """
+        store, deadline = self._store(), time.monotonic() + timeout
         with _reaching_redis(self.config):
-            return self._store().delete(constraint_id)
+            while (version := store.version_holding(constraint_id, constraint)) is None:
+                if time.monotonic() >= deadline:
+                    where = "MQTT listener of any worker" if self.config.mqtt else "Redis"
+                    raise NotApplied(f"{constraint_id}: not recorded by the {where} "
+                                     f"within {timeout:g}s")  # fmt: skip
+                time.sleep(0.005)
+            while behind := sorted(p for p, v in store.applied().items() if v < version):
+                if time.monotonic() >= deadline:
+                    raise NotApplied(f"{constraint_id}: {len(behind)} worker process(es) not "
+                                     f"yet enforcing it after {timeout:g}s: "
+                                     f"{', '.join(behind[:5])}")  # fmt: skip
+                time.sleep(0.005)
 
     def constraints(self) -> list[Constraint]:
         """The stored constraints, expired ones excluded."""
@@ -157,10 +190,15 @@ class Cascade:
             return [c for c in self._store().load()[1] if not c.is_expired(now)]
 
     def pause(
-        self, scope: str, *, seconds: float | None = None, constraint_id: str | None = None
+        self,
+        scope: str,
+        *,
+        seconds: float | None = None,
+        constraint_id: str | None = None,
+        wait: float | None = None,
     ) -> Constraint:
-        """Pause ``scope`` (for ``seconds``, or until resumed)."""
-        return self._put("pause", scope, {}, seconds, constraint_id)
+        """Pause ``scope`` (for ``seconds``, or until resumed); ``wait`` as for apply."""
+        return self._put("pause", scope, {}, seconds, constraint_id, wait)
 
     def limit(
         self,
@@ -169,17 +207,18 @@ class Cascade:
         *,
         seconds: float | None = None,
         constraint_id: str | None = None,
+        wait: float | None = None,
     ) -> Constraint:
         """Limit ``scope`` to ``limit`` concurrent runs cluster-wide."""
-        return self._put("concurrency", scope, {"limit": limit}, seconds, constraint_id)
+        return self._put("concurrency", scope, {"limit": limit}, seconds, constraint_id, wait)
 
-    def resume(self, scope: str) -> bool:
+    def resume(self, scope: str, *, wait: float | None = None) -> bool:
         """Remove the pause made by ``pause(scope)``."""
-        return self.remove_constraint(default_id("pause", scope))
+        return self.remove_constraint(default_id("pause", scope), wait=wait)
 
-    def unlimit(self, scope: str) -> bool:
+    def unlimit(self, scope: str, *, wait: float | None = None) -> bool:
         """Remove the limit made by ``limit(scope, n)``."""
-        return self.remove_constraint(default_id("concurrency", scope))
+        return self.remove_constraint(default_id("concurrency", scope), wait=wait)
 
     def _put(
         self,
@@ -188,6 +227,7 @@ class Cascade:
         params: dict[str, Any],
         seconds: float | None,
         constraint_id: str | None,
+        wait: float | None,
     ) -> Constraint:
         constraint = Constraint(
             id=constraint_id or default_id(type_, scope),
@@ -196,7 +236,7 @@ class Cascade:
             params=params,
             expires_at=None if seconds is None else time.time() + seconds,
         )
-        self.apply_constraint(constraint)
+        self.apply_constraint(constraint, wait=wait)
         return constraint
 
     def _store(self) -> ConstraintStore:

@@ -174,6 +174,18 @@ def _remove(ctx: click.Context, type_: str, scope: Scope, cid: str) -> bool:
         return api.remove_constraint(cid)
 
 
+def _await(ctx: click.Context, cid: str, constraint: Constraint | None, wait: float | None) -> None:
+    """With ``--wait``: return once every worker process enforces the change, else fail."""
+    if wait is None:
+        return
+    try:
+        with _reporting_errors(ctx):
+            _cascade(ctx).wait_until_applied(cid, constraint, timeout=wait)
+    except click.ClickException as exc:
+        raise click.ClickException(f"the change was made but is not confirmed: {exc}") from exc
+    _confirm(ctx, "in force at every worker process")
+
+
 # -- commands ------------------------------------------------------------------------------
 
 
@@ -197,6 +209,16 @@ def _for_option(help_text: str) -> Callable[[F], F]:
     )  # fmt: skip
 
 
+def _wait_option(command: F) -> F:
+    """``--wait SECONDS``: return only once every worker process enforces the change."""
+    return click.option(
+        "--wait", "wait", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+        cls=CeleryOption,
+        help="Wait (at most SECONDS) until every worker process enforces the change; "
+             "exit 1 if that takes longer.",
+    )(command)  # fmt: skip
+
+
 def _id_option(help_text: str) -> Callable[[F], F]:
     """``--id ID``: the constraint's id (default ``<type>-<scope>``)."""
     return click.option(
@@ -208,26 +230,34 @@ def _id_option(help_text: str) -> Callable[[F], F]:
 @click.argument("scope", callback=_scope)
 @_for_option("End the pause after DURATION (30s, 10m, 2h, 1h30m, 1d or seconds).")
 @_id_option("Constraint id (default: pause-<scope>).")
+@_wait_option
 @click.pass_context
 def pause(
-    ctx: click.Context, scope: Scope, duration: float | None, constraint_id: str | None
+    ctx: click.Context,
+    scope: Scope,
+    duration: float | None,
+    constraint_id: str | None,
+    wait: float | None,
 ) -> None:
     """Hold the tasks of SCOPE (they park; none is lost) until resumed or for a while."""
     with _reporting_errors(ctx):
         constraint = _cascade(ctx).pause(str(scope), seconds=duration, constraint_id=constraint_id)
     span, until = _lasting(constraint, duration)
     _confirm(ctx, f"paused {scope}{span or ' until resumed'} (id {constraint.id}{until})")
+    _await(ctx, constraint.id, constraint, wait)
 
 
 @cascade.command(cls=CeleryCommand, epilog=_SCOPE_HELP)
 @click.argument("scope", callback=_scope)
 @_id_option("Id of the pause to end (default: pause-<scope>).")
+@_wait_option
 @click.pass_context
-def resume(ctx: click.Context, scope: Scope, constraint_id: str | None) -> None:
+def resume(ctx: click.Context, scope: Scope, constraint_id: str | None, wait: float | None) -> None:
     """End the pause of SCOPE: its parked tasks start again, in arrival order."""
     cid = constraint_id or default_id("pause", str(scope))
     removed = _remove(ctx, "pause", scope, cid)
     _confirm(ctx, f"resumed {scope} (id {cid}{'' if removed else '; it was not paused'})")
+    _await(ctx, cid, None, wait)
 
 
 # Negative numbers must reach _limit (for its message) instead of reading as options.
@@ -238,9 +268,15 @@ def resume(ctx: click.Context, scope: Scope, constraint_id: str | None) -> None:
 @click.argument("n", callback=_limit)
 @_for_option("Lift the limit after DURATION (30s, 10m, 2h, 1h30m, 1d or seconds).")
 @_id_option("Constraint id (default: concurrency-<scope>).")
+@_wait_option
 @click.pass_context
 def limit(
-    ctx: click.Context, scope: Scope, n: int, duration: float | None, constraint_id: str | None
+    ctx: click.Context,
+    scope: Scope,
+    n: int,
+    duration: float | None,
+    constraint_id: str | None,
+    wait: float | None,
 ) -> None:
     """Let at most N tasks of SCOPE run at once, across all workers (0 holds them all)."""
     with _reporting_errors(ctx):
@@ -249,17 +285,22 @@ def limit(
         )
     span, until = _lasting(constraint, duration)
     _confirm(ctx, f"limited {scope} to {n} at once{span} (id {constraint.id}{until})")
+    _await(ctx, constraint.id, constraint, wait)
 
 
 @cascade.command(cls=CeleryCommand, epilog=_SCOPE_HELP)
 @click.argument("scope", callback=_scope)
 @_id_option("Id of the limit to lift (default: concurrency-<scope>).")
+@_wait_option
 @click.pass_context
-def unlimit(ctx: click.Context, scope: Scope, constraint_id: str | None) -> None:
+def unlimit(
+    ctx: click.Context, scope: Scope, constraint_id: str | None, wait: float | None
+) -> None:
     """Lift the concurrency limit of SCOPE."""
     cid = constraint_id or default_id("concurrency", str(scope))
     removed = _remove(ctx, "concurrency", scope, cid)
     _confirm(ctx, f"unlimited {scope} (id {cid}{'' if removed else '; it was not limited'})")
+    _await(ctx, cid, None, wait)
 
 
 @cascade.command(cls=CeleryCommand)

@@ -21,3 +21,7 @@ class PoolUnavailable(CascadeError):
 
 class ControlPlaneUnavailable(CascadeError):
     """The MQTT broker could not be reached, or refused the connection or the publish."""
+
+
+class NotApplied(CascadeError):
+    """A change was made, but not every worker process confirmed it in time."""

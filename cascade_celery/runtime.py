@@ -8,8 +8,10 @@ listens for constraint changes, one renews leases, expires constraints and sweep
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -50,6 +52,8 @@ class Runtime:
         #: Hand off through ``cascade.handoff.<queue>`` (workers consume them).
         self.handoff_queues = handoff_queues
         self.pid = os.getpid()
+        #: How this process names itself when it reports the constraint version it enforces.
+        self.process = f"{socket.gethostname()}:{self.pid}"
         self.client = redis.Redis.from_url(
             config.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0,
             health_check_interval=15,
@@ -94,6 +98,9 @@ class Runtime:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=2.0)
+        if self._ready:
+            with contextlib.suppress(redis.exceptions.RedisError):
+                self.store.forget_process(self.process)
         self.client.close()
 
     def reload(self) -> None:
@@ -102,6 +109,12 @@ class Runtime:
             version, constraints = self.store.load()
             self.manager.replace_all(constraints)
             self._version = version
+            self._report_applied()
+
+    def _report_applied(self) -> None:
+        # Lets Cascade(...).pause(..., wait=...) tell when every process enforces a change.
+        ttl = max(5.0, 5 * self.config.sweep_interval)
+        self.store.report_applied(self.process, self._version, ttl)
 
     def _publish_defaults(self) -> None:
         for task in list(self.app.tasks.values()):
@@ -287,6 +300,9 @@ class Runtime:
                     next_sweep = now + self.config.sweep_interval
                     if self.store.version() != self._version:
                         self.reload()
+                    else:
+                        with self._reload_lock:
+                            self._report_applied()
                     self.sweep_all()
             except Exception as exc:
                 logger.warning("cascade: keeper: %s", exc)

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 
 import redis
 
 from cascade_celery.constraints.model import Constraint
 from cascade_celery.errors import InvalidConstraint
-from cascade_celery.pools.keys import constraints_channel, constraints_hash, constraints_version
+from cascade_celery.pools.keys import (
+    constraints_applied,
+    constraints_channel,
+    constraints_hash,
+    constraints_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +38,7 @@ class ConstraintStore:
         self._validate = validate
         self._hash = constraints_hash(prefix)
         self._version = constraints_version(prefix)
+        self._applied = constraints_applied(prefix)
 
     def put(self, constraint: Constraint) -> bool:
         """Validate and store ``constraint`` (replacing one with the same id), then announce.
@@ -39,7 +46,7 @@ class ConstraintStore:
         Storing what is already stored changes nothing; return whether anything changed.
         """
         self._validate(constraint)
-        data = json.dumps(constraint.to_dict(), sort_keys=True)
+        data = _encode(constraint)
         if _text(self.client.hget(self._hash, constraint.id)) == data:
             return False
         with self.client.pipeline(transaction=True) as pipe:
@@ -81,6 +88,50 @@ class ConstraintStore:
                 continue
             constraints.append(constraint)
         return int(version or 0), constraints
+
+    def version_holding(self, constraint_id: str, constraint: Constraint | None) -> int | None:
+        """The current version if the stored entry for ``constraint_id`` is ``constraint``.
+
+        ``None`` for ``constraint`` means "absent"; return ``None`` if the store differs.
+        """
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hget(self._hash, constraint_id)
+            pipe.get(self._version)
+            raw, version = pipe.execute()
+        expected = None if constraint is None else _encode(constraint)
+        return int(version or 0) if _text(raw) == expected else None
+
+    # -- which version each gating process enforces ---------------------------------------
+
+    def report_applied(self, process: str, version: int, ttl: float) -> None:
+        """Record that ``process`` enforces ``version``, for the next ``ttl`` seconds."""
+        self.client.hset(self._applied, process, f"{version} {time.time() + ttl:.3f}")
+
+    def forget_process(self, process: str) -> None:
+        """Drop a process that stops gating."""
+        self.client.hdel(self._applied, process)
+
+    def applied(self) -> dict[str, int]:
+        """Each live gating process and the version it enforces (stale reports are dropped)."""
+        now = time.time()
+        live, stale = {}, []
+        for key, raw in self.client.hgetall(self._applied).items():
+            process = str(_text(key))
+            try:
+                version, alive_until = str(_text(raw)).split()
+                if float(alive_until) >= now:
+                    live[process] = int(version)
+                    continue
+            except ValueError:
+                pass
+            stale.append(process)
+        if stale:
+            self.client.hdel(self._applied, *stale)
+        return live
+
+
+def _encode(constraint: Constraint) -> str:
+    return json.dumps(constraint.to_dict(), sort_keys=True)
 
 
 def _text(value: object) -> str | None:

@@ -17,6 +17,7 @@ Per app::
     <p>:constraints              HASH    constraint id -> constraint JSON (the active set)
     <p>:constraints:version      STRING  bumped on every change to the set
     <p>:constraints:changed      pub/sub channel announcing a new version
+    <p>:constraints:applied      HASH    worker process -> "<version> <alive-until unix time>"
 
 One pool's keys share the hash tag ``{pool:<name>}``, so every single-pool script runs
 on one Redis Cluster slot. Decision: an all-or-none acquire across *several* pools
@@ -78,3 +79,8 @@ def constraints_version(prefix: str) -> str:
 def constraints_channel(prefix: str) -> str:
     """The pub/sub channel on which a new constraints version is announced."""
     return f"{prefix}:constraints:changed"
+
+
+def constraints_applied(prefix: str) -> str:
+    """The HASH in which every gating process reports the version it enforces."""
+    return f"{prefix}:constraints:applied"

@@ -38,7 +38,7 @@ def test_chain_with_every_step_deferred_completes(
     # pausing `add` again before the last step can arrive.
     _release_when_deferred(cascade, "gated.add", [first])
     wait_for(lambda: second.state == DEFERRED, timeout=30)
-    cascade.pause("task:gated.add")
+    cascade.pause("task:gated.add", wait=30)
     cascade.resume("task:gated.mul")
     _release_when_deferred(cascade, "gated.add", [result])
 

@@ -51,10 +51,10 @@ def test_handoff_keeps_custom_headers_priority_and_queue_scope(
     wait_for(lambda: result.state == DEFERRED, timeout=30)
 
     # Handed off once by a limit of 0 → 1, then parked again by the queue pause
-    cascade.limit("task:gated.add", 0)
+    cascade.limit("task:gated.add", 0, wait=30)
     cascade.resume(f"queue:{unique_prefix}-q")
     wait_for(lambda: result.info and result.info.get("reason") == "limit", timeout=30)
-    cascade.pause(f"queue:{unique_prefix}-q")
+    cascade.pause(f"queue:{unique_prefix}-q", wait=30)
     cascade.unlimit("task:gated.add")
     wait_for(lambda: result.info and result.info.get("reason") == "paused", timeout=30)
     cascade.resume(f"queue:{unique_prefix}-q")

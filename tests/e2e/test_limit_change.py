@@ -33,7 +33,7 @@ def test_lowering_a_limit_from_5_to_1_lets_running_tasks_finish(
     wait_for(lambda: len(runs(broker_client, unique_prefix)) == 5, timeout=30)
 
     # When the limit drops to 1 and more tasks arrive
-    cascade.limit("task:gated.work", 1)
+    cascade.limit("task:gated.work", 1, wait=30)
     new = [work.delay(f"new-{i}", 0.05) for i in range(6)]
 
     # Then all 5 running tasks finish, and afterwards at most 1 runs at a time

@@ -121,14 +121,14 @@ def test_pause_and_resume_through_mqtt_and_expiry_without_a_message(
     work = gated_app.tasks["gated.work"]
 
     # Pause and resume via the publishing API (retained messages)
-    cascade_api.pause("task:gated.work")
+    cascade_api.pause("task:gated.work", wait=30)
     paused = work.delay("a", 0.01)
     wait_for(lambda: paused.state == DEFERRED, timeout=30)
     cascade_api.resume("task:gated.work")
     assert paused.get(timeout=30) == "a"
 
     # A pause with expires_at ends on time with no further message
-    pause = cascade_api.pause("task:gated.work", seconds=2)
+    pause = cascade_api.pause("task:gated.work", seconds=3, wait=30)
     held = work.delay("b", 0.01)
     wait_for(lambda: held.state == DEFERRED, timeout=30)
     assert held.get(timeout=30) == "b"
@@ -160,7 +160,7 @@ def test_mosquitto_restart_keeps_constraints_in_force_and_the_worker_resubscribe
     mosquitto_server.restart()
     wait_for(lambda: _reconnected(worker.log_text()), timeout=30)
     assert "keeping them" in worker.log_text()  # the restarted broker lost its retained state
-    cascade_api.limit("task:gated.work", 3)
+    cascade_api.limit("task:gated.work", 3, wait=30)
     after = [work.delay(f"a{i}", 0.3) for i in range(6)]
     assert [r.get(timeout=60) for r in after] == [f"a{i}" for i in range(6)]
     later = [run for run in runs(broker_client, unique_prefix) if str(run.label).startswith("a")]

@@ -93,7 +93,7 @@ def test_constraints_flow_over_an_authenticated_connection(
     cascade = Cascade.for_app(app)
     start_worker(pool="threads", concurrency=2, **secured_env)
 
-    cascade.pause("task:gated.work")
+    cascade.pause("task:gated.work", wait=30)
     held = app.tasks["gated.work"].delay("x", 0.01)
     wait_for(lambda: held.state == DEFERRED, timeout=30)
     cascade.resume("task:gated.work")

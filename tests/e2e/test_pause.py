@@ -66,7 +66,7 @@ def test_expired_pause_releases_its_tasks_without_any_message(
     unique_prefix: str,
 ) -> None:
     start_worker(pool="prefork", concurrency=2)
-    pause = cascade.pause("task:gated.work", seconds=3)
+    pause = cascade.pause("task:gated.work", seconds=3, wait=30)
     assert pause.expires_at is not None
 
     results = [gated_app.tasks["gated.work"].delay(i, 0.01) for i in range(5)]
