@@ -292,7 +292,8 @@ class Runtime:
             now = time.monotonic()
             try:
                 self._retry_releases()
-                self.manager.expire()
+                for constraint in self.manager.expire():
+                    self.store.delete_expired(constraint)  # others may race: one wins
                 if now >= next_renew:
                     next_renew = now + renew_every
                     self._renew_all()

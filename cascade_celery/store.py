@@ -43,9 +43,12 @@ class ConstraintStore:
     def put(self, constraint: Constraint) -> bool:
         """Validate and store ``constraint`` (replacing one with the same id), then announce.
 
-        Storing what is already stored changes nothing; return whether anything changed.
+        Storing what is already stored changes nothing; storing one whose ``expires_at``
+        has passed removes the entry with its id. Return whether anything changed.
         """
         self._validate(constraint)
+        if constraint.is_expired(time.time()):
+            return self.delete(constraint.id)
         data = _encode(constraint)
         if _text(self.client.hget(self._hash, constraint.id)) == data:
             return False
@@ -61,6 +64,23 @@ class ConstraintStore:
         if not self.client.hdel(self._hash, constraint_id):
             return False
         version = self.client.incr(self._version)
+        self.client.publish(self.channel, version)
+        return True
+
+    def delete_expired(self, constraint: Constraint) -> bool:
+        """Remove ``constraint`` (which has expired) unless its entry changed meanwhile."""
+        data = _encode(constraint)
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self._hash)
+                if _text(pipe.hget(self._hash, constraint.id)) != data:
+                    return False
+                pipe.multi()
+                pipe.hdel(self._hash, constraint.id)
+                pipe.incr(self._version)
+                _, version = pipe.execute()
+            except redis.exceptions.WatchError:
+                return False
         self.client.publish(self.channel, version)
         return True
 

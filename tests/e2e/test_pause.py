@@ -76,3 +76,5 @@ def test_expired_pause_releases_its_tasks_without_any_message(
     assert [r.get(timeout=30) for r in results] == list(range(5))
     assert min(run.start for run in runs(broker_client, unique_prefix)) >= pause.expires_at
     assert time.time() >= pause.expires_at
+    # and a worker deletes the expired entry from the shared store
+    wait_for(lambda: cascade._store().ids() == set(), timeout=30)
