@@ -61,6 +61,7 @@ class ConstraintListener:
         self._fresh_session = False
         self._pending: dict[str, protocol.Change] = {}
         self._lock = threading.Lock()
+        self._apply_lock = threading.Lock()
         self._stop = threading.Event()
         self._retry_thread: threading.Thread | None = None
         #: Set once the retained state has been received since the last (re)connect.
@@ -142,27 +143,32 @@ class ConstraintListener:
             return
         self._apply(change)
 
-    def _apply(self, change: protocol.Change) -> None:
-        try:
-            if change.constraint is None:
-                self.store.delete(change.constraint_id)
+    def _apply(self, change: protocol.Change, *, retry: bool = False) -> None:
+        # One change at a time, so a retried change can never overwrite a newer one.
+        with self._apply_lock:
+            if retry and self._pending.get(change.constraint_id) is not change:
+                return  # superseded by a newer message meanwhile
+            try:
+                if change.constraint is None:
+                    self.store.delete(change.constraint_id)
+                else:
+                    self.store.put(change.constraint)
+            except redis.exceptions.RedisError as exc:
+                if not retry:
+                    logger.warning("cascade: Redis unavailable (%s); constraint %s will be "
+                                   "stored when it is back", exc, change.constraint_id)  # fmt: skip
+                with self._lock:
+                    self._pending[change.constraint_id] = change
             else:
-                self.store.put(change.constraint)
-        except redis.exceptions.RedisError as exc:
-            logger.warning("cascade: Redis unavailable (%s); constraint %s will be stored "
-                           "when it is back", exc, change.constraint_id)  # fmt: skip
-            with self._lock:
-                self._pending[change.constraint_id] = change
-        else:
-            with self._lock:
-                self._pending.pop(change.constraint_id, None)
+                with self._lock:
+                    self._pending.pop(change.constraint_id, None)
 
     def _retry_pending(self) -> None:
         while not self._stop.wait(1.0):
             with self._lock:
                 pending = list(self._pending.values())
             for change in pending:
-                self._apply(change)
+                self._apply(change, retry=True)
 
     def _end_of_burst(self) -> None:
         with self._lock:

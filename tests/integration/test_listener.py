@@ -399,6 +399,29 @@ def test_a_change_received_while_redis_is_down_is_stored_when_it_is_back(
     )
 
 
+def test_the_last_of_several_changes_made_while_redis_is_down_wins(
+    harness: Harness, caplog: pytest.LogCaptureFixture, wait_for: Wait
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    harness.started()
+    harness.publish(limit("limit-charge", 4))
+    harness.publish(pause("hold-emails"))
+    wait_for(lambda: len(harness.stored()) == 2, timeout=30)
+    harness.redis_server.kill()
+
+    harness.publish(limit("limit-charge", 3))
+    harness.publish(limit("limit-charge", 1))
+    harness.clear("hold-emails")
+    wait_for(lambda: len(records(caplog, logging.WARNING, "Redis unavailable")) == 3, timeout=30)
+    harness.redis_server.start()
+
+    wait_for(
+        lambda: harness.stored() == {"limit-charge": limit("limit-charge", 1)},
+        timeout=30,
+        message="only the newest change of each constraint stored once Redis is back",
+    )
+
+
 def test_publish_retained_to_an_unreachable_broker_fails_fast_and_clearly() -> None:
     port = free_port()
     settings = MqttSettings.from_url(f"mqtt://ops:s3cret@127.0.0.1:{port}")
