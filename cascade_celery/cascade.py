@@ -189,6 +189,15 @@ class Cascade:
         with _reaching_redis(self.config):
             return [c for c in self._store().load()[1] if not c.is_expired(now)]
 
+    def processes(self) -> tuple[int, dict[str, int]]:
+        """The constraint-set version, and each live gating process with the version it enforces.
+
+        Processes are named ``host:pid``; one that stopped reporting is left out.
+        """
+        store = self._store()
+        with _reaching_redis(self.config):
+            return store.version(), store.applied()
+
     def pause(
         self,
         scope: str,

@@ -426,6 +426,7 @@ def _status_frame(
 ) -> str:
     active = api.constraints()
     pools = read_status(client, api.config.redis_prefix, active)
+    version, processes = api.processes()
     shown = [pool for pool in pools if show_all or not pool.is_idle]
     now = time.time()
     if as_json:
@@ -435,14 +436,27 @@ def _status_frame(
             "pools": [_pool_json(pool) for pool in shown],
             "idle_pools_hidden": len(pools) - len(shown),
             "constraints": [_constraint_json(c, now) for c in _by_id(active)],
-        }
+            "constraints_version": version,
+            "processes": [{"process": name, "version": applied, "current": applied >= version}
+                          for name, applied in sorted(processes.items())],
+        }  # fmt: skip
         return json.dumps(document, indent=2 if pretty else None)
     lines = [_pools_table(shown)]
     if len(shown) < len(pools):
         hidden = len(pools) - len(shown)
         lines.append(f"({hidden} idle pool{'s' if hidden > 1 else ''} not shown; --all lists them)")
-    lines += ["", _constraints_table(active, now)]
+    lines += ["", _constraints_table(active, now), "", _processes_line(version, processes)]
     return "\n".join(lines)
+
+
+def _processes_line(version: int, processes: dict[str, int]) -> str:
+    if not processes:
+        return f"constraints version {version}; no worker process has gated a task yet"
+    behind = sorted(name for name, applied in processes.items() if applied < version)
+    count = f"{len(processes)} worker process{'es' if len(processes) > 1 else ''}"
+    if not behind:
+        return f"constraints version {version}, enforced by all {count}"
+    return f"constraints version {version}; {len(behind)} of {count} behind: {', '.join(behind)}"
 
 
 def _by_id(constraints: Sequence[Constraint]) -> list[Constraint]:

@@ -371,6 +371,31 @@ def test_status_shows_a_new_limit_with_its_capacity(env: dict[str, str]) -> None
     ), table
 
 
+def test_status_shows_which_worker_processes_enforce_the_current_constraints(
+    env: dict[str, str], app: Celery
+) -> None:
+    assert ok(env, "status").endswith(
+        "constraints version 0; no worker process has gated a task yet\n"
+    )
+    ok(env, "limit", "queue:emails", "3")
+    store = Cascade.for_app(app)._store()
+    store.report_applied("host-a:1", 1, ttl=60)
+    store.report_applied("host-b:2", 0, ttl=60)
+
+    assert ok(env, "status").endswith(
+        "constraints version 1; 1 of 2 worker processes behind: host-b:2\n"
+    )
+    document = json.loads(ok(env, "status", "--json"))
+    assert document["constraints_version"] == 1
+    assert document["processes"] == [
+        {"process": "host-a:1", "version": 1, "current": True},
+        {"process": "host-b:2", "version": 0, "current": False},
+    ]
+
+    store.report_applied("host-b:2", 1, ttl=60)
+    assert ok(env, "status").endswith("constraints version 1, enforced by all 2 worker processes\n")
+
+
 def test_status_shows_running_units_parked_tasks_and_the_oldest_wait(
     env: dict[str, str], redis_server: RedisServer, unique_prefix: str
 ) -> None:
