@@ -1,10 +1,11 @@
 """The one-command demo: ``python -m example_project.demo [--short]``.
 
-It starts a private ``redis-server`` (unless ``--redis-url`` is given) and two prefork
-workers, limits the partner task to 3 at once cluster-wide, sends orders, pauses the
-partner task for a moment while orders keep arriving and resumes it, showing once per
-half second how many partner calls run and how many wait parked in Redis. Then it
-prints a summary and exits 0 only if the partner never saw more than 3 calls at once,
+It starts a private ``redis-server`` and ``mosquitto`` (unless ``--redis-url`` /
+``--mqtt-url`` are given) and two prefork workers that take their constraints from MQTT.
+With the ``celery cascade`` CLI it limits the partner task to 3 at once cluster-wide;
+then it sends orders, pauses the partner task over MQTT while orders keep arriving and
+resumes it, showing twice a second the partner's pools and the constraints in force.
+It prints a summary and exits 0 only if the partner never saw more than 3 calls at once,
 every order was processed exactly once and no call failed.
 """
 
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from types import FrameType
@@ -29,7 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from celery.result import AsyncResult
 
-from cascade_celery.pools.keys import pool_keys
+from cascade_celery import Cascade, Constraint
+from cascade_celery.status import PoolStatus, read_status
 from example_project.partner import IN_FLIGHT, Partner
 from example_project.produce import PARTNER_SCOPE, Summary, order_ids, send_order
 
@@ -37,16 +40,40 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 3
 LIMIT_POOL = f"constraint:concurrency:{PARTNER_SCOPE}"
 PAUSE_POOL = f"constraint:pause:{PARTNER_SCOPE}"
-INSTALL_HINT = (
-    "redis-server is not installed. Install it with\n"
-    "    apt-get install redis-server      (Debian, Ubuntu)\n"
-    "    brew install redis                (macOS)\n"
-    "or point the demo at a running Redis with --redis-url redis://host:6379/0"
-)
+INSTALL_HINTS = {
+    "redis-server": "apt-get install redis-server (Debian, Ubuntu) or brew install redis "
+    "(macOS); or use a running Redis: --redis-url redis://host:6379/0",
+    "mosquitto": "apt-get install mosquitto (Debian, Ubuntu) or brew install mosquitto "
+    "(macOS); or use a running broker: --mqtt-url mqtt://host:1883",
+}
+#: Where Debian puts mosquitto; not always on an ordinary user's PATH.
+SBIN = ("/usr/sbin", "/usr/local/sbin")
+MOSQUITTO_CONF = """\
+listener {port} 127.0.0.1
+allow_anonymous true
+persistence false
+# The default (1000) would cut a large retained burst short; 0: no limit.
+max_queued_messages 0
+set_tcp_nodelay true
+log_dest file {log}
+"""
 
 
 class Abort(Exception):
     """The demo could not run (its message says why)."""
+
+
+def find_binary(name: str, search_path: str | None = None) -> str | None:
+    """``name`` on the PATH (or ``search_path``), else in the usual sbin directories."""
+    if search_path is not None:
+        return shutil.which(name, path=search_path)
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
+
+
+def missing_binaries_message(missing: list[str]) -> str:
+    """What to install, for each server binary that is missing."""
+    lines = [f"{name} is not installed: {INSTALL_HINTS[name]}" for name in missing]
+    return "\n".join(lines)
 
 
 def free_port() -> int:
@@ -87,8 +114,10 @@ class Hurry:
         self.requested = True
 
 
-class RedisServer:
-    """A private ``redis-server`` on a free port, data and log in ``directory``."""
+class Server:
+    """A private server process on a free port, its files in ``directory``."""
+
+    name = "server"
 
     def __init__(self, binary: str, directory: Path) -> None:
         self.binary = binary
@@ -97,34 +126,41 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> str:
-        """Start it and return its URL (database 0) once it answers PING."""
-        for _ in range(3):  # a free port can be taken before redis binds it
+        """Start it and return its URL once it answers."""
+        for _ in range(3):  # a free port can be taken before the server binds it
             self.port = free_port()
-            command = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port)]
-            command += ["--dir", str(self.directory), "--logfile", "redis.log"]
-            command += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
             self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
-            )
+                self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, cwd=self.directory,
+            )  # fmt: skip
             if self._wait_ready():
-                return f"redis://127.0.0.1:{self.port}/0"
+                return self.url()
             self.stop()
-        raise Abort(f"redis-server did not start; see {self.directory / 'redis.log'}")
+        raise Abort(f"{self.name} did not start; see its log in {self.directory}")
+
+    def command(self) -> list[str]:
+        """The command line that starts the server on ``self.port``."""
+        raise NotImplementedError
+
+    def url(self) -> str:
+        """The URL clients use."""
+        raise NotImplementedError
+
+    def answers(self) -> bool:
+        """Whether the server serves requests now."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            return True
 
     def _wait_ready(self, timeout: float = 10.0) -> bool:
-        probe = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                if self.process is None or self.process.poll() is not None:
-                    return False
-                with suppress(redis.ConnectionError, redis.TimeoutError):
-                    if probe.ping():
-                        return True
-                time.sleep(0.05)
-            return False
-        finally:
-            probe.close()
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                return False
+            with suppress(OSError, redis.ConnectionError, redis.TimeoutError):
+                if self.answers():
+                    return True
+            time.sleep(0.05)
+        return False
 
     def stop(self, hurry: Hurry | None = None) -> None:
         """SIGTERM and wait; SIGKILL after 10 s or when ``hurry`` is requested."""
@@ -141,6 +177,47 @@ class RedisServer:
             if process.poll() is None:
                 process.kill()
         process.wait()
+
+
+class RedisServer(Server):
+    """A private ``redis-server`` (nothing persisted: the demo's data is thrown away)."""
+
+    name = "redis-server"
+
+    def command(self) -> list[str]:
+        """``redis-server`` on 127.0.0.1:<port>, log in the directory, no persistence."""
+        return [self.binary, "--bind", "127.0.0.1", "--port", str(self.port),
+                "--dir", str(self.directory), "--logfile", "redis.log",
+                "--save", "", "--appendonly", "no", "--daemonize", "no"]  # fmt: skip
+
+    def url(self) -> str:
+        """Database 0 of the server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def answers(self) -> bool:
+        """PING answers."""
+        probe = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            return bool(probe.ping())
+        finally:
+            probe.close()
+
+
+class MosquittoServer(Server):
+    """A private ``mosquitto`` configured for retained bursts (see MOSQUITTO_CONF)."""
+
+    name = "mosquitto"
+
+    def command(self) -> list[str]:
+        """``mosquitto -c <conf>``, the config written for the current port."""
+        conf = self.directory / "mosquitto.conf"
+        log = self.directory / "mosquitto.log"
+        conf.write_text(MOSQUITTO_CONF.format(port=self.port, log=log))
+        return [self.binary, "-c", str(conf)]
+
+    def url(self) -> str:
+        """``mqtt://127.0.0.1:<port>``."""
+        return f"mqtt://127.0.0.1:{self.port}"
 
 
 class Worker:
@@ -212,37 +289,29 @@ class Worker:
 
 
 class LiveView:
-    """Samples the pools and the partner often; prints one line per tick with the maxima."""
+    """One line per tick: the partner task's pools, the constraints in force, the partner."""
 
-    def __init__(self, cascade_redis_url: str, prefix: str, partner: Partner) -> None:
-        self.redis = redis.Redis.from_url(cascade_redis_url, socket_timeout=5)
-        self.limit_keys = pool_keys(prefix, LIMIT_POOL)
-        self.pause_keys = pool_keys(prefix, PAUSE_POOL)
+    def __init__(self, cascade: Cascade, partner: Partner) -> None:
+        self.cascade = cascade
+        self.redis = redis.Redis.from_url(cascade.config.redis_url, socket_timeout=5)
         self.partner = partner
         self.started = time.monotonic()
-        self._window: list[tuple[int, int, int, int]] = []
-
-    def sample(self) -> None:
-        """Read running and parked counts and the partner's calls in flight now."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(self.limit_keys.used)
-            pipe.zcard(self.limit_keys.waiters)
-            pipe.zcard(self.pause_keys.waiters)
-            running, by_limit, by_pause = pipe.execute()
-        in_flight = int(self.partner.redis.get(IN_FLIGHT) or 0)
-        self._window.append((int(running or 0), by_limit, by_pause, in_flight))
 
     def line(self, sent: int, total: int, done: int) -> str:
-        """The highest counts sampled since the last line, as one line."""
-        self.sample()
-        window, self._window = self._window, []
-        columns = zip(*window, strict=True)
-        running, by_limit, by_pause, in_flight = (max(column) for column in columns)
-        peak = self.partner.stats().peak
+        """The state now, as one line (the same figures ``celery cascade status`` shows)."""
+        active = [c for c in self.cascade.constraints() if str(c.scope) == PARTNER_SCOPE]
+        pools = {
+            pool.name: pool
+            for pool in read_status(self.redis, self.cascade.config.redis_prefix, active)
+        }
+        limit, pause = pools.get(LIMIT_POOL), pools.get(PAUSE_POOL)
+        in_flight = int(self.partner.redis.get(IN_FLIGHT) or 0)
+        by_limit, by_pause = _count(limit, "parked"), _count(pause, "parked")
         return (
             f"{time.monotonic() - self.started:5.1f}s  sent {sent:3d}/{total}  done {done:3d}"
-            f"  | partner task: running {running}/{LIMIT}  parked by limit {by_limit:2d}"
-            f"  parked by pause {by_pause:2d}  | partner in flight {in_flight} (peak {peak})"
+            f"  | {describe(active):16s} | running {_count(limit, 'running')}/{_capacity(limit)}"
+            f"  parked: by limit {by_limit:2d}, by pause {by_pause:2d}"
+            f"  | partner in flight {in_flight} (peak {self.partner.stats().peak})"
         )
 
     def close(self) -> None:
@@ -250,16 +319,46 @@ class LiveView:
         self.redis.close()
 
 
+def describe(constraints: list[Constraint]) -> str:
+    """The constraints on the partner task, briefly: ``limit 3, paused``."""
+    parts = [
+        "paused" if c.type == "pause" else f"limit {c.params.get('limit')}"
+        for c in sorted(constraints, key=lambda c: c.type)
+    ]
+    return ", ".join(parts) or "no constraint"
+
+
+def _count(pool: PoolStatus | None, field: str) -> int:
+    return 0 if pool is None else int(getattr(pool, field))
+
+
+def _capacity(pool: PoolStatus | None) -> str:
+    return "-" if pool is None or pool.capacity is None else str(pool.capacity)
+
+
+def run_cli(env: dict[str, str], *args: str) -> None:
+    """Run ``celery -A example_project.shop cascade ARGS`` as an operator would, echoed."""
+    print(f"$ celery -A example_project.shop cascade {' '.join(args)}", flush=True)
+    command = [sys.executable, "-m", "celery", "-A", "example_project.shop", "cascade", *args]
+    result = subprocess.run(
+        command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    for line in (result.stdout + result.stderr).splitlines():
+        print(f"  {line}")
+    if result.returncode != 0:
+        raise Abort(f"the cascade command failed (exit {result.returncode})")
+
+
 def stop_everything(
-    args: argparse.Namespace,
+    shared: bool,
     workers: list[Worker],
-    cleanup: list,
-    redis_server: RedisServer | None,
+    cleanup: list[Callable[[], object]],
+    servers: list[Server],
     hurry: Hurry,
 ) -> None:
-    """Stop the workers, close connections, stop the private Redis; never raise."""
-    if args.redis_url and not hurry.requested:
-        with suppress(Exception):  # leave a shared Redis as we found it
+    """Stop the workers, close connections, stop the private servers; never raise."""
+    if shared and not hurry.requested:
+        with suppress(Exception):  # leave shared servers as we found them
             from example_project.shop import cascade
 
             cascade.resume(PARTNER_SCOPE)
@@ -278,9 +377,9 @@ def stop_everything(
     if "example_project.shop" in sys.modules:
         with suppress(Exception):
             sys.modules["example_project.shop"].app.close()
-    if redis_server is not None:
+    for server in servers:
         with suppress(Exception):
-            redis_server.stop(hurry)
+            server.stop(hurry)
 
 
 def redis_urls(url: str) -> tuple[str, str]:
@@ -297,30 +396,53 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def start_servers(
+    args: argparse.Namespace, workdir: Path, servers: list[Server]
+) -> tuple[str, str]:
+    """The Redis and MQTT URLs to use, starting private servers for those not given."""
+    wanted = [name for name, url in (("redis-server", args.redis_url),
+                                     ("mosquitto", args.mqtt_url)) if not url]  # fmt: skip
+    binaries = {name: find_binary(name) for name in wanted}
+    missing = [name for name, binary in binaries.items() if binary is None]
+    if missing:
+        raise MissingBinaries(missing_binaries_message(missing))
+    urls = {"redis-server": args.redis_url, "mosquitto": args.mqtt_url}
+    for name, binary in binaries.items():
+        assert binary is not None
+        server = (RedisServer if name == "redis-server" else MosquittoServer)(binary, workdir)
+        servers.append(server)
+        urls[name] = server.start()
+        print(f"started {name} on port {server.port}")
+    for name in ("redis-server", "mosquitto"):
+        if name not in binaries:
+            print(f"using {name.split('-')[0].capitalize()} at {urls[name]}")
+    return str(urls["redis-server"]), str(urls["mosquitto"])
+
+
+class MissingBinaries(Exception):
+    """A server the demo must start is not installed (the message says how to get it)."""
+
+
 def run(args: argparse.Namespace, workdir: Path) -> int:
     """Start everything, run the scenario, stop everything; return the exit status."""
     orders = args.orders or (20 if args.short else 60)
     interval = 0.15 if args.short else 0.1
-    redis_server: RedisServer | None = None
+    servers: list[Server] = []
     workers: list[Worker] = []
-    cleanup: list = []
+    cleanup: list[Callable[[], object]] = []
     try:
-        if args.redis_url:
-            broker_url, cascade_url = redis_urls(args.redis_url)
-            print(f"using Redis at {args.redis_url}")
-        else:
-            binary = shutil.which("redis-server")
-            if binary is None:
-                print(INSTALL_HINT, file=sys.stderr)
-                return 2
-            redis_server = RedisServer(binary, workdir)
-            broker_url, cascade_url = redis_urls(redis_server.start())
-            print(f"started redis-server on port {redis_server.port}")
+        try:
+            redis_url, mqtt_url = start_servers(args, workdir, servers)
+        except MissingBinaries as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        broker_url, cascade_url = redis_urls(redis_url)
 
         # The shop reads its settings from the environment, here and in the workers.
         os.environ.update(
             SHOP_BROKER_URL=broker_url,
             CASCADE_REDIS_URL=cascade_url,
+            CASCADE_MQTT_URL=mqtt_url,
             PARTNER_REDIS_URL=broker_url,
             PARTNER_MAX_IN_FLIGHT=str(LIMIT),
         )
@@ -337,23 +459,22 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         workers = [Worker(name, workdir, env) for name in ("worker1", "worker2")]
         for worker in workers:
             worker.start()
-        print("starting 2 workers (prefork, 4 processes each) ...", flush=True)
+        print("starting 2 workers (prefork, 4 processes each; constraints from MQTT) ...",
+              flush=True)  # fmt: skip
         for worker in workers:
             wait_until(worker.is_ready, 60, f"{worker.name} to be ready")
         print("workers ready")
 
-        cascade.limit(PARTNER_SCOPE, LIMIT)
-        print(f">>> limit {PARTNER_SCOPE} {LIMIT}  (cluster-wide, via Cascade.limit)")
-        time.sleep(0.3)  # workers pick the change up from Redis pub/sub
+        # Published retained over MQTT; --wait returns once every worker process enforces it.
+        run_cli(env, "limit", PARTNER_SCOPE, str(LIMIT), "--wait", "30")
 
-        view = LiveView(cascade_url, cascade.config.redis_prefix, partner)
+        view = LiveView(cascade, partner)
         cleanup.append(view.close)
         pause_at, resume_at = orders // 4, orders * 3 // 4
         ids = order_ids(orders)
         results: list[AsyncResult] = []
         pending: list[AsyncResult] = []
         print(f"sending {orders} orders (shop.charge | shop.call_partner_api), one per {interval}s")
-        print("each line: the most seen at once since the line before")
         started = next_order = next_tick = time.monotonic()
         deadline = started + orders * interval + (30.0 if args.short else 60.0)
         while True:
@@ -361,17 +482,16 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             if len(results) < orders and now >= next_order:
                 if len(results) == pause_at:
                     cascade.pause(PARTNER_SCOPE)
-                    print(f">>> pause {PARTNER_SCOPE}  (orders keep arriving; they park in Redis)")
+                    print(f">>> pause {PARTNER_SCOPE}  (Cascade.pause: a retained MQTT message; "
+                          "orders keep arriving and park in Redis)")  # fmt: skip
                 if len(results) == resume_at:
                     cascade.resume(PARTNER_SCOPE)
-                    print(
-                        f">>> resume {PARTNER_SCOPE}  (parked orders are handed off, 3 at a time)"
-                    )
+                    print(f">>> resume {PARTNER_SCOPE}  (parked orders are handed off, "
+                          f"{LIMIT} at a time)")  # fmt: skip
                 result = send_order(app, ids[len(results)])
                 results.append(result)
                 pending.append(result)
                 next_order += interval
-            view.sample()
             if now >= next_tick:
                 pending = [result for result in pending if not result.ready()]
                 print(view.line(len(results), orders, len(results) - len(pending)), flush=True)
@@ -386,7 +506,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         summary = Summary.collect(partner, ids, results, len(pending), elapsed, LIMIT)
     finally:
         with Hurry() as hurry:
-            stop_everything(args, workers, cleanup, redis_server, hurry)
+            shared = bool(args.redis_url or args.mqtt_url)
+            stop_everything(shared, workers, cleanup, servers, hurry)
 
     print()
     print("summary")
@@ -405,6 +526,10 @@ def main(argv: list[str] | None = None) -> int:
         help="use this Redis (its database N for the broker, N+1 for cascade) "
         "instead of starting a private redis-server",
     )
+    parser.add_argument(
+        "--mqtt-url",
+        help="use this MQTT broker (mqtt://host:1883) instead of starting a private mosquitto",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the logs' temp dir")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -422,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         if status in (0, 2, 130) and not args.keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
-            print(f"logs (redis, worker1, worker2) kept in {workdir}", file=sys.stderr)
+            print(f"logs (redis, mosquitto, worker1, worker2) kept in {workdir}", file=sys.stderr)
     return status
 
 
