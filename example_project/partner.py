@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
@@ -29,14 +30,8 @@ DUPLICATES = f"{KEY_PREFIX}:duplicates"
 DUPLICATED = f"{KEY_PREFIX}:duplicated"
 ALL_KEYS = (IN_FLIGHT, PEAK, OVERLOADS, PROCESSED, DUPLICATES, DUPLICATED)
 
-# Count one more call in flight and raise the recorded peak if it is exceeded, atomically.
-_ENTER = """
-local n = redis.call('INCR', KEYS[1])
-if n > tonumber(redis.call('GET', KEYS[2]) or '0') then
-  redis.call('SET', KEYS[2], n)
-end
-return n
-"""
+# Count one more call in flight and raise the recorded peak, atomically.
+_ENTER = (Path(__file__).parent / "partner_enter.lua").read_text()
 
 
 class PartnerOverloaded(Exception):

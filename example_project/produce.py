@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from celery import Celery, chain
 from celery.result import AsyncResult
 
+from cascade_celery import NotApplied
 from example_project.partner import Partner
 
 PARTNER_TASK = "shop.call_partner_api"
@@ -142,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     partner = Partner.from_env()
     try:
-        cascade.limit(PARTNER_SCOPE, args.limit)
+        # Return once every worker process enforces the limit (workers may still be starting).
+        cascade.limit(PARTNER_SCOPE, args.limit, wait=args.timeout)
         partner.reset()
         print(f"limit {PARTNER_SCOPE} {args.limit}; sending {args.orders} orders", flush=True)
         started = time.monotonic()
@@ -163,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print("\n".join(summary.lines()), flush=True)
         return 0 if summary.ok else 1
+    except NotApplied as exc:
+        print(f"the limit is not in force at every worker: {exc}", file=sys.stderr)
+        return 1
     finally:
         partner.close()
 

@@ -3,8 +3,8 @@
 Configured from the environment, so ``celery -A example_project.shop worker`` runs as is:
 ``SHOP_BROKER_URL`` (broker and result backend, default ``redis://localhost:6379/0``),
 ``CASCADE_REDIS_URL`` (cascade's pools and constraints, default ``redis://localhost:6379/1``),
-``CASCADE_LEASE_SECONDS`` (default 30), ``CASCADE_MQTT_URL`` (optional, the control
-plane of a later release) and the partner's settings (see example_project/partner.py).
+``CASCADE_LEASE_SECONDS`` (default 30), ``CASCADE_MQTT_URL`` (optional: the MQTT control
+plane) and the partner's settings (see example_project/partner.py).
 """
 
 from __future__ import annotations

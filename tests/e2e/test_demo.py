@@ -11,6 +11,7 @@ from pathlib import Path
 from example_project.demo import find_binary, missing_binaries_message
 from tests.harness.mosquitto import MosquittoServer
 from tests.harness.redis_server import RedisServer
+from tests.harness.workers import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,3 +85,37 @@ def test_a_missing_server_binary_is_named_with_how_to_install_it(tmp_path: Path)
     assert "--redis-url redis://host:6379/0" in message
     assert "mosquitto is not installed: apt-get install mosquitto" in message
     assert "--mqtt-url mqtt://host:1883" in message
+
+
+def test_the_compose_producer_sets_the_limit_over_mqtt_and_checks_the_partner(
+    redis_server: RedisServer, mosquitto_server: MosquittoServer, tmp_path: Path
+) -> None:
+    # docker-compose.yml's services, without Docker: two shop workers and the producer
+    env = {
+        "SHOP_BROKER_URL": redis_server.url(0),
+        "CASCADE_REDIS_URL": redis_server.url(1),
+        "CASCADE_MQTT_URL": mosquitto_server.url,
+        "PARTNER_MAX_IN_FLIGHT": "3",
+    }
+    workers = [
+        WorkerProcess(
+            "example_project.shop", log_dir=tmp_path, concurrency=4, env=env, name=f"shop{n}"
+        )
+        for n in (1, 2)
+    ]
+    try:
+        for worker in workers:
+            worker.start()
+        produce = [sys.executable, "-m", "example_project.produce", "--orders", "15",
+                   "--interval", "0.01", "--timeout", "60"]  # fmt: skip
+        result = subprocess.run(
+            produce, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+    finally:
+        for worker in workers:
+            worker.stop()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "processed exactly once      15/15" in result.stdout
+    assert "partner overload errors     0" in result.stdout
