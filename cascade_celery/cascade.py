@@ -122,6 +122,33 @@ class Cascade:
                 settings.redacted_url(), settings.connect_timeout,
             )  # fmt: skip
 
+    def check_redis_persistence(self) -> str | None:
+        """Warn (and return the warning) when cascade's Redis would forget its state.
+
+        Without AOF a Redis restart loses parked tasks, held slots and, until a worker's
+        MQTT listener stores them again, the constraints. A Redis that refuses CONFIG
+        (managed services often do) or can't be reached is not judged.
+        """
+        client = self._store().client
+        try:
+            appendonly = client.config_get("appendonly").get("appendonly")
+            save = client.config_get("save").get("save")
+        except redis.exceptions.RedisError:
+            return None
+        if appendonly == "yes":
+            return None
+        url = redact_url(self.config.redis_url)
+        if save:
+            warning = (f"cascade: Redis at {url} keeps only RDB snapshots (appendonly no): a "
+                       "crash loses the parked tasks and held slots since the last snapshot; "
+                       "turn on appendonly yes")  # fmt: skip
+        else:
+            warning = (f"cascade: Redis at {url} persists nothing: a restart loses every "
+                       "parked task and held slot (constraints come back from MQTT, if "
+                       "configured); turn on appendonly yes")  # fmt: skip
+        logger.warning(warning)
+        return warning
+
     # -- the Python API for changes ------------------------------------------------------
 
     def apply_constraint(self, constraint: Constraint, *, wait: float | None = None) -> None:

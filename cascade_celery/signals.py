@@ -53,6 +53,10 @@ def start_worker_node(sender: Any = None, **_: Any) -> None:
         return
     _ = cascade.config
     try:
+        cascade.check_redis_persistence()
+    except Exception:
+        logger.exception("cascade: could not check Redis persistence")
+    try:
         cascade.start_listener(getattr(sender, "hostname", None) or "worker")
     except Exception:
         logger.exception("cascade: could not start the MQTT listener")

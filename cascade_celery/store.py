@@ -88,6 +88,10 @@ class ConstraintStore:
         """The ids of every stored constraint."""
         return {str(_text(key)) for key in self.client.hkeys(self._hash)}
 
+    def has_history(self) -> bool:
+        """Whether the set was ever changed in this Redis (false after losing its data)."""
+        return bool(self.client.exists(self._version))
+
     def version(self) -> int:
         """The current version of the set (0 before any change)."""
         return int(self.client.get(self._version) or 0)

@@ -12,6 +12,8 @@ node (prefork children included) then picks changes up from the shared Constrain
   removed while nobody listened: they are removed too — unless the burst was empty,
   which more likely means a broker that lost its retained state: then the last known
   constraints stay in force and a warning says so.
+- Redis restarted without persistence comes back empty: the listener notices (the
+  version counter is gone) and stores the retained constraints it knows again.
 - paho reconnects by itself with backoff. An exception inside a paho callback would
   kill paho's network thread silently, so every callback catches everything.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -27,6 +30,7 @@ import redis
 
 from cascade_celery.config import MqttSettings
 from cascade_celery.constraints.manager import ConstraintManager
+from cascade_celery.constraints.model import Constraint
 from cascade_celery.errors import InvalidConstraint
 from cascade_celery.mqtt import protocol
 from cascade_celery.mqtt.client import make_client
@@ -60,6 +64,8 @@ class ConstraintListener:
         self._burst: set[str] | None = None
         self._fresh_session = False
         self._pending: dict[str, protocol.Change] = {}
+        #: The retained state as last received: what Redis must hold.
+        self._known: dict[str, Constraint] = {}
         self._lock = threading.Lock()
         self._apply_lock = threading.Lock()
         self._stop = threading.Event()
@@ -141,6 +147,11 @@ class ConstraintListener:
         except InvalidConstraint as exc:
             logger.error("cascade: rejected MQTT message on %s: %s", topic, exc)
             return
+        with self._lock:
+            if change.constraint is None:
+                self._known.pop(change.constraint_id, None)
+            else:
+                self._known[change.constraint_id] = change.constraint
         self._apply(change)
 
     def _apply(self, change: protocol.Change, *, retry: bool = False) -> None:
@@ -169,6 +180,27 @@ class ConstraintListener:
                 pending = list(self._pending.values())
             for change in pending:
                 self._apply(change, retry=True)
+            try:
+                self._restore_if_emptied()
+            except redis.exceptions.RedisError:
+                pass  # down: changes wait in _pending; checked again in a second
+            except Exception:
+                logger.exception("cascade: checking the stored constraints failed")
+
+    def _restore_if_emptied(self) -> None:
+        with self._apply_lock:
+            now = time.time()
+            with self._lock:
+                known = [c for c in self._known.values() if not c.is_expired(now)]
+            if not known or not self.synced.is_set() or self.store.has_history():
+                return
+            logger.warning(
+                "cascade: Redis lost the constraint set (restarted without persistence?); "
+                "storing the %d retained constraint(s) again: %s",
+                len(known), ", ".join(sorted(c.id for c in known)),
+            )  # fmt: skip
+            for constraint in known:
+                self.store.put(constraint)
 
     def _end_of_burst(self) -> None:
         with self._lock:

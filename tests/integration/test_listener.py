@@ -422,6 +422,30 @@ def test_the_last_of_several_changes_made_while_redis_is_down_wins(
     )
 
 
+def test_a_redis_restarted_without_persistence_gets_the_retained_constraints_back(
+    harness: Harness, caplog: pytest.LogCaptureFixture, wait_for: Wait
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    harness.started()
+    harness.publish(limit("limit-charge", 4))
+    harness.publish(pause("hold-emails"))
+    harness.publish(limit("gone", 1))
+    harness.clear("gone")
+    wait_for(lambda: len(harness.stored()) == 2, timeout=30)
+
+    harness.redis_server.kill()  # no AOF: it comes back empty
+    harness.redis_server.start()
+
+    wait_for(
+        lambda: harness.stored() == {"limit-charge": limit("limit-charge", 4),
+                                     "hold-emails": pause("hold-emails")},
+        timeout=30,
+        message="the retained constraints stored again",
+    )  # fmt: skip
+    [warning] = records(caplog, logging.WARNING, "Redis lost the constraint set")
+    assert "2 retained constraint(s) again: hold-emails, limit-charge" in warning.getMessage()
+
+
 def test_publish_retained_to_an_unreachable_broker_fails_fast_and_clearly() -> None:
     port = free_port()
     settings = MqttSettings.from_url(f"mqtt://ops:s3cret@127.0.0.1:{port}")
