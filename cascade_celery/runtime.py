@@ -26,6 +26,7 @@ from cascade_celery.config import CascadeConfig
 from cascade_celery.constraints.handlers import default_handlers
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import TaskInfo
+from cascade_celery.crash import crash_point
 from cascade_celery.pools import parking
 from cascade_celery.pools.keys import pool_defaults
 from cascade_celery.pools.resources import Lease, PoolHandoff, ResourceManager
@@ -145,6 +146,7 @@ class Runtime:
                 self.publish_handoffs(result.handoffs)
                 if result.lease is not None:
                     self._leases[task_id] = result.lease
+                    crash_point("after_acquire")
                     return
                 pool = str(result.blocked_pool)
                 units = dict(decision.pools)[pool]
@@ -169,6 +171,7 @@ class Runtime:
         """Give back the lease of a task that ended (any state)."""
         lease = self._leases.pop(task_id, None)
         if lease is not None:
+            crash_point("before_release")
             self._release(lease, time.monotonic() + self.config.lease_seconds)
 
     def _release(self, lease: Lease, expires: float) -> None:
@@ -190,6 +193,7 @@ class Runtime:
         """Publish parked tasks handed a slot, then confirm those that were published."""
         published = []
         for handoff in handoffs:
+            crash_point("before_handoff_publish")
             try:
                 parking.publish(self.app, handoff.payload, via_handoff_queue=self.handoff_queues)
             except Exception:
@@ -318,6 +322,7 @@ class Runtime:
 
     def _renew_all(self) -> None:
         for lease in list(self._leases.values()):
+            crash_point("before_renewal")
             lost = self.resources.renew(lease)
             if lost:
                 logger.error(

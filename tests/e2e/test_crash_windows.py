@@ -1,0 +1,158 @@
+"""A worker process SIGKILLed at each point of a gated task's life: no slot leaks, no parked
+task is lost. The crash is forced by the ``CASCADE_TEST_CRASH_AT`` hook (cascade_celery/crash.py):
+the first process to reach the point kills itself, once.
+
+Tasks here use Celery's default early acknowledgement, so a task whose process dies before
+its result is stored ends FAILURE (WorkerLostError) and is not run again — Celery's own rule
+(``acks_late=True`` with ``task_reject_on_worker_lost=True`` redelivers it instead); one whose
+process dies after that (in ``task_postrun``, where the slot is released) keeps SUCCESS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+from celery import Celery
+from celery.exceptions import WorkerLostError
+from celery.result import AsyncResult
+
+from cascade_celery import DEFERRED, Cascade
+from cascade_celery.pools.keys import pool_keys
+from tests.e2e.conftest import StartWorker
+from tests.e2e.timeline import peak_concurrency, runs
+from tests.harness.waiting import wait_for
+
+LEASE = "2"
+POOL = "constraint:concurrency:task:gated.work"
+
+
+def crashing_worker(start_worker: StartWorker, tmp_path: Path, point: str) -> Path:
+    """A prefork worker whose first process to reach ``point`` dies there; return the marker."""
+    marker = tmp_path / f"crashed-{point}"
+    start_worker(pool="prefork", concurrency=2, CASCADE_TEST_LEASE=LEASE,
+                 CASCADE_TEST_CRASH_AT=f"{point}:{marker}")  # fmt: skip
+    return marker
+
+
+def assert_pool_drained(cascade: Cascade, prefix: str) -> None:
+    """No unit held, no lease, no reservation, nobody parked: nothing leaked."""
+    client = cascade._store().client
+    keys = pool_keys(prefix, POOL)
+
+    def drained() -> bool:
+        return (
+            int(client.get(keys.used) or 0) == 0
+            and client.zcard(keys.holders) == 0
+            and client.zcard(keys.waiters) == 0
+            and client.hlen(keys.parked) == 0
+        )
+
+    wait_for(drained, timeout=30, message=f"{POOL} to be drained")
+
+
+def assert_lost_by_celery(result: AsyncResult) -> None:
+    wait_for(lambda: result.state == "FAILURE", timeout=30)
+    assert isinstance(result.result, WorkerLostError)
+
+
+def test_death_after_acquiring_before_running(
+    gated_app: Celery,
+    cascade: Cascade,
+    start_worker: StartWorker,
+    broker_client: redis.Redis,
+    unique_prefix: str,
+    tmp_path: Path,
+) -> None:
+    cascade.limit("task:gated.work", 1)
+    marker = crashing_worker(start_worker, tmp_path, "after_acquire")
+    work = gated_app.tasks["gated.work"]
+
+    victim = work.delay("victim", 0.05)
+    wait_for(marker.exists, timeout=30)
+    others = [work.delay(i, 0.05) for i in range(3)]
+
+    # The slot the dead process held comes back when its lease expires: the others run
+    assert [r.get(timeout=60) for r in others] == [0, 1, 2]
+    assert_lost_by_celery(victim)
+    assert [run.label for run in runs(broker_client, unique_prefix)] == [0, 1, 2]
+    assert_pool_drained(cascade, unique_prefix)
+
+
+def test_death_after_running_before_release(
+    gated_app: Celery,
+    cascade: Cascade,
+    start_worker: StartWorker,
+    broker_client: redis.Redis,
+    unique_prefix: str,
+    tmp_path: Path,
+) -> None:
+    cascade.limit("task:gated.work", 1)
+    marker = crashing_worker(start_worker, tmp_path, "before_release")
+    work = gated_app.tasks["gated.work"]
+
+    victim = work.delay("victim", 0.05)
+    wait_for(marker.exists, timeout=30)
+    others = [work.delay(i, 0.05) for i in range(3)]
+
+    assert [r.get(timeout=60) for r in others] == [0, 1, 2]
+    # The victim ran to its end once and its result was stored before its process died
+    assert victim.get(timeout=30) == "victim"
+    all_runs = runs(broker_client, unique_prefix)
+    assert [(run.label, run.end is not None) for run in all_runs] == [
+        ("victim", True), (0, True), (1, True), (2, True),
+    ]  # fmt: skip
+    assert peak_concurrency(all_runs) == 1
+    assert_pool_drained(cascade, unique_prefix)
+
+
+def test_death_after_popping_a_parked_task_before_republishing_it(
+    gated_app: Celery,
+    cascade: Cascade,
+    start_worker: StartWorker,
+    broker_client: redis.Redis,
+    unique_prefix: str,
+    tmp_path: Path,
+) -> None:
+    # Given a running task and one parked behind it
+    cascade.limit("task:gated.work", 1)
+    marker = crashing_worker(start_worker, tmp_path, "before_handoff_publish")
+    work = gated_app.tasks["gated.work"]
+    first = work.delay("first", 0.5)
+    wait_for(lambda: runs(broker_client, unique_prefix), timeout=30)
+    parked = work.delay("parked", 0.05)
+    wait_for(lambda: parked.state == DEFERRED, timeout=30)
+
+    # When the process that ends the first task pops the parked one and dies
+    wait_for(marker.exists, timeout=30)
+
+    # Then the reservation expires, the task goes back to the head of the line and runs once
+    assert parked.get(timeout=60) == "parked"
+    assert first.get(timeout=30) == "first"
+    labels = [run.label for run in runs(broker_client, unique_prefix)]
+    assert labels == ["first", "parked"]
+    assert_pool_drained(cascade, unique_prefix)
+
+
+def test_death_while_renewing_the_lease_of_a_running_task(
+    gated_app: Celery,
+    cascade: Cascade,
+    start_worker: StartWorker,
+    broker_client: redis.Redis,
+    unique_prefix: str,
+    tmp_path: Path,
+) -> None:
+    cascade.limit("task:gated.work", 1)
+    marker = crashing_worker(start_worker, tmp_path, "before_renewal")
+    work = gated_app.tasks["gated.work"]
+
+    victim = work.delay("victim", 30)  # renewed every lease/3 while it runs
+    wait_for(marker.exists, timeout=30)
+    others = [work.delay(i, 0.05) for i in range(3)]
+
+    assert [r.get(timeout=60) for r in others] == [0, 1, 2]
+    assert_lost_by_celery(victim)
+    victim_run, *other_runs = runs(broker_client, unique_prefix)
+    assert (victim_run.label, victim_run.end) == ("victim", None)  # killed mid-run
+    assert [run.label for run in other_runs] == [0, 1, 2]
+    assert_pool_drained(cascade, unique_prefix)
