@@ -640,26 +640,3 @@ def test_a_reservation_in_a_pool_no_longer_needed_is_given_back(
     assert result.lease is not None
     assert [(h.pool, h.task_id) for h in result.handoffs] == [("hold", "u")]
     assert pools.holders("hold") == ["r:u"]
-
-
-# -- the script cache ---------------------------------------------------------------------
-
-
-def test_every_script_works_after_script_flush(pools: Pools, rm: ResourceManager) -> None:
-    # Given every script loaded once, then Redis's script cache emptied (as by a restart
-    # or a failover to a replica that never saw them)
-    lease = hold(rm, "t1", {"p": 1})
-    park(rm, "t2", "p", 1)
-    rm.renew(lease)
-    pools.client.script_flush()
-
-    # Then each script is loaded again on its next call
-    assert rm.renew(lease) == []
-    rm.update_resource("p", 1)
-    pools.client.script_flush()
-    handoffs = rm.release(lease)
-    assert ids(handoffs) == ["t2"]
-    pools.client.script_flush()
-    rm.confirm(handoffs)
-    assert rm.try_acquire("t3", [("p", 1)], {"p": 1}).lease is None
-    assert pools.used("p") == 1
