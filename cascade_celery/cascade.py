@@ -163,7 +163,10 @@ class Cascade:
         settings = self.config.mqtt
         if settings is not None:
             topic = protocol.topic_for(self.config.mqtt_prefix, constraint.id)
-            publish_retained(settings, [(topic, protocol.encode(constraint))])
+            signer = settings.signer()
+            payload = (protocol.encode(constraint) if signer is None
+                       else signer.sign(topic, constraint.to_dict()))  # fmt: skip
+            publish_retained(settings, [(topic, payload)])
         else:
             with _reaching_redis(self.config):
                 self._store().put(constraint)
@@ -179,7 +182,9 @@ class Cascade:
         if settings is not None:
             known = constraint_id in {c.id for c in self.constraints()}
             topic = protocol.topic_for(self.config.mqtt_prefix, constraint_id)
-            publish_retained(settings, [(topic, b"")])
+            signer = settings.signer()
+            payload = b"" if signer is None else signer.tombstone(topic, constraint_id)
+            publish_retained(settings, [(topic, payload)])
         else:
             with _reaching_redis(self.config):
                 known = self._store().delete(constraint_id)

@@ -14,8 +14,11 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from celery import Celery
 
 from cascade_celery.errors import ConfigurationError
+from cascade_celery.mqtt.signing import Signer
 
 _PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: A shorter shared secret is too easy to guess.
+MIN_SECRET_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,10 @@ class MqttSettings:
     keyfile: str | None = None
     keepalive: int = 30
     connect_timeout: float = 10.0
+    #: Shared secret of signed constraints (None: payloads are not signed).
+    secret: str | None = field(default=None, repr=False)
+    #: How old a live signed payload may be, in seconds.
+    signature_max_age: float = 300.0
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MqttSettings:
@@ -56,6 +63,10 @@ class MqttSettings:
             password=unquote(parts.password) if parts.password else None,
             **options,
         )
+
+    def signer(self) -> Signer | None:
+        """Signs and verifies payloads when a secret is set."""
+        return None if self.secret is None else Signer(self.secret, self.signature_max_age)
 
     def redacted_url(self) -> str:
         """The URL without its password, for logs."""
@@ -182,10 +193,17 @@ def _mqtt(conf: Any) -> MqttSettings | None:
         raise ConfigurationError(
             f"cascade_mqtt_keepalive must be an integer 5..3600, got {keepalive!r}"
         )
+    secret = conf.get("cascade_mqtt_secret")
+    if secret is not None and (not isinstance(secret, str) or len(secret) < MIN_SECRET_LENGTH):
+        raise ConfigurationError(
+            f"cascade_mqtt_secret must be a string of at least {MIN_SECRET_LENGTH} characters"
+        )
     return MqttSettings.from_url(
         url,
         keepalive=keepalive,
         connect_timeout=_seconds(conf, "cascade_mqtt_connect_timeout", 10.0, minimum=0.1),
+        secret=secret,
+        signature_max_age=_seconds(conf, "cascade_mqtt_signature_max_age", 300.0, minimum=1.0),
         **files,
     )
 

@@ -20,6 +20,7 @@ from cascade_celery.pools.keys import (
     constraints_applied,
     constraints_channel,
     constraints_hash,
+    constraints_signed,
     constraints_version,
 )
 
@@ -39,6 +40,7 @@ class ConstraintStore:
         self._hash = constraints_hash(prefix)
         self._version = constraints_version(prefix)
         self._applied = constraints_applied(prefix)
+        self._signed = constraints_signed(prefix)
 
     def put(self, constraint: Constraint) -> bool:
         """Validate and store ``constraint`` (replacing one with the same id), then announce.
@@ -83,6 +85,17 @@ class ConstraintStore:
                 return False
         self.client.publish(self.channel, version)
         return True
+
+    def last_signed_at(self, constraint_id: str) -> float | None:
+        """When the last accepted signed payload of ``constraint_id`` was signed."""
+        value = self.client.hget(self._signed, constraint_id)
+        return None if value is None else float(value)
+
+    def record_signed_at(self, constraint_id: str, signed_at: float) -> None:
+        """Remember ``signed_at`` for ``constraint_id`` (never moves back in time)."""
+        current = self.last_signed_at(constraint_id)
+        if current is None or signed_at > current:
+            self.client.hset(self._signed, constraint_id, repr(signed_at))
 
     def ids(self) -> set[str]:
         """The ids of every stored constraint."""

@@ -54,6 +54,9 @@ class ConstraintListener:
         self.prefix = prefix
         self.store = store
         self._validate = manager.validate
+        self._signer = settings.signer()
+        #: When the last accepted signed payload of each id was signed.
+        self._last_signed: dict[str, float] = {}
         self._client = make_client(settings, client_id, clean_session=False)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
@@ -131,28 +134,46 @@ class ConstraintListener:
                 if message.payload.decode(errors="replace") == self._marker:
                     self._end_of_burst()
                 return
-            self._receive(message.topic, bytes(message.payload))
+            self._receive(message.topic, bytes(message.payload), retained=bool(message.retain))
         except Exception:
             logger.exception("cascade: MQTT message on %s could not be handled", message.topic)
 
     # -- applying changes -------------------------------------------------------------------
 
-    def _receive(self, topic: str, payload: bytes) -> None:
+    def _receive(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
         try:
             constraint_id = protocol.id_from_topic(self.prefix, topic)
             with self._lock:
                 if self._burst is not None:
                     self._burst.add(constraint_id)
-            change = protocol.decode(self.prefix, topic, payload, self._validate)
+            change = protocol.decode(self.prefix, topic, payload, self._validate,
+                                     signer=self._signer, retained=retained)  # fmt: skip
+            if change.signed_at is not None:
+                self._check_not_replayed(change.constraint_id, change.signed_at)
         except InvalidConstraint as exc:
             logger.error("cascade: rejected MQTT message on %s: %s", topic, exc)
             return
         with self._lock:
+            if change.signed_at is not None:
+                self._last_signed[change.constraint_id] = change.signed_at
             if change.constraint is None:
                 self._known.pop(change.constraint_id, None)
             else:
                 self._known[change.constraint_id] = change.constraint
         self._apply(change)
+
+    def _check_not_replayed(self, constraint_id: str, signed_at: float) -> None:
+        """Refuse a payload signed before the last one accepted for the same id."""
+        last = self._last_signed.get(constraint_id)
+        try:
+            stored = self.store.last_signed_at(constraint_id)
+        except redis.exceptions.RedisError:
+            stored = None  # down: what this node remembers still applies
+        last = max((t for t in (last, stored) if t is not None), default=None)
+        if last is not None and signed_at < last:
+            raise InvalidConstraint(
+                f"signed before the last accepted change of {constraint_id} (a replay?)"
+            )
 
     def _apply(self, change: protocol.Change, *, retry: bool = False) -> None:
         # One change at a time, so a retried change can never overwrite a newer one.
@@ -164,6 +185,8 @@ class ConstraintListener:
                     self.store.delete(change.constraint_id)
                 else:
                     self.store.put(change.constraint)
+                if change.signed_at is not None:
+                    self.store.record_signed_at(change.constraint_id, change.signed_at)
             except redis.exceptions.RedisError as exc:
                 if not retry:
                     logger.warning("cascade: Redis unavailable (%s); constraint %s will be "

@@ -18,6 +18,7 @@ Per app::
     <p>:constraints:version      STRING  bumped on every change to the set
     <p>:constraints:changed      pub/sub channel announcing a new version
     <p>:constraints:applied      HASH    worker process -> "<version> <alive-until unix time>"
+    <p>:constraints:signed       HASH    constraint id -> signed_at of its last accepted payload
 
 One pool's keys share the hash tag ``{pool:<name>}``, so every single-pool script runs
 on one Redis Cluster slot. Decision: an all-or-none acquire across *several* pools
@@ -84,3 +85,8 @@ def constraints_channel(prefix: str) -> str:
 def constraints_applied(prefix: str) -> str:
     """The HASH in which every gating process reports the version it enforces."""
     return f"{prefix}:constraints:applied"
+
+
+def constraints_signed(prefix: str) -> str:
+    """The HASH of when each constraint's last accepted signed payload was signed."""
+    return f"{prefix}:constraints:signed"

@@ -13,7 +13,7 @@ from celery import Celery
 from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cascade_celery import DEFERRED, Cascade
+from cascade_celery import DEFERRED, Cascade, Constraint, Scope
 from tests.apps.gated_app import make_app
 from tests.e2e.conftest import StartWorker
 from tests.e2e.timeline import peak_concurrency, runs
@@ -225,6 +225,8 @@ def test_two_prefixes_on_one_broker_do_not_affect_each_other(
     start_worker(pool="threads", concurrency=2, **other_env)
 
     publish(mosquitto_server, *constraint(unique_prefix, "p", "pause", "global"))
+    pause = Constraint("p", "pause", Scope.parse("global"))
+    Cascade.for_app(gated_app).wait_until_applied("p", pause, timeout=30)
 
     held = gated_app.tasks["gated.work"].delay("a", 0.01)
     wait_for(lambda: held.state == DEFERRED, timeout=30)

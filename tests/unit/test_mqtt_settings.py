@@ -263,3 +263,36 @@ def test_connect_timeout_none_means_the_default() -> None:
 def test_a_bad_connect_timeout_is_an_error(timeout: object) -> None:
     with pytest.raises(ConfigurationError, match="cascade_mqtt_connect_timeout"):
         mqtt_of(cascade_mqtt_url="mqtt://broker", cascade_mqtt_connect_timeout=timeout)
+
+
+def test_a_secret_and_its_window_are_read_and_never_shown() -> None:
+    parsed = mqtt_of(
+        cascade_mqtt_url="mqtt://broker",
+        cascade_mqtt_secret="s3cret-s3cret-s3cret",  # noqa: S106
+        cascade_mqtt_signature_max_age=60,
+    )
+
+    assert parsed is not None
+    assert (parsed.secret, parsed.signature_max_age) == ("s3cret-s3cret-s3cret", 60.0)
+    assert parsed.signer() is not None
+    assert "s3cret" not in repr(parsed)
+
+
+def test_without_a_secret_nothing_is_signed() -> None:
+    parsed = mqtt_of(cascade_mqtt_url="mqtt://broker")
+
+    assert parsed is not None
+    assert (parsed.signer(), parsed.signature_max_age) == (None, 300.0)
+
+
+@pytest.mark.parametrize("secret", ["", "short", "x" * 15, 1234567890123456789, b"x" * 32])
+def test_a_weak_or_non_string_secret_is_an_error(secret: object) -> None:
+    with pytest.raises(ConfigurationError, match="at least 16 characters"):
+        mqtt_of(cascade_mqtt_url="mqtt://broker", cascade_mqtt_secret=secret)
+
+
+@pytest.mark.parametrize("max_age", [0, 0.5, -1, "300", float("inf"), True])
+def test_a_bad_signature_window_is_an_error(max_age: object) -> None:
+    with pytest.raises(ConfigurationError, match="cascade_mqtt_signature_max_age"):
+        mqtt_of(cascade_mqtt_url="mqtt://broker", cascade_mqtt_secret="x" * 16,
+                cascade_mqtt_signature_max_age=max_age)  # fmt: skip
