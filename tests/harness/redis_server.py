@@ -8,9 +8,11 @@ import signal
 import subprocess
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
+from tests.harness.tls import Certificates
 from tests.harness.waiting import free_port, wait_for
 
 INSTALL_HINT = "install the test servers with: apt-get install redis-server mosquitto"
@@ -32,12 +34,22 @@ class RedisServer:
     """
 
     def __init__(
-        self, directory: Path | str, *, appendonly: bool = False, start_timeout: float = 10.0
+        self,
+        directory: Path | str,
+        *,
+        appendonly: bool = False,
+        start_timeout: float = 10.0,
+        password: str | None = None,
+        tls: Certificates | None = None,
     ) -> None:
         self.binary = find_binary("redis-server", "/usr/bin/redis-server")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
+        #: ``requirepass``: clients must authenticate.
+        self.password = password
+        #: Serve TLS only (``rediss://``), with these certificates.
+        self.tls = tls
         self.start_timeout = start_timeout
         self.port = 0
         self.logfile = self.directory / "redis.log"
@@ -45,14 +57,22 @@ class RedisServer:
         self._clients: list[redis.Redis] = []
 
     def url(self, db: int = 0) -> str:
-        """``redis://127.0.0.1:<port>/<db>``."""
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        """``redis://127.0.0.1:<port>/<db>`` (``rediss://:<password>@…?ssl_ca_certs=…``)."""
+        auth = "" if self.password is None else f":{self.password}@"
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+        return f"rediss://{auth}127.0.0.1:{self.port}/{db}?ssl_ca_certs={self.tls.ca}"
 
     def client(self, db: int = 0) -> redis.Redis:
         """A new client of this server (closed when the context manager exits)."""
-        client = redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=10)
+        client = self._connect(self.port, db=db, socket_timeout=10)
         self._clients.append(client)
         return client
+
+    def _connect(self, port: int, **options: Any) -> redis.Redis:
+        if self.tls is not None:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls.ca))
+        return redis.Redis(host="127.0.0.1", port=port, password=self.password, **options)
 
     def is_running(self) -> bool:
         """Whether the server process is alive."""
@@ -123,7 +143,16 @@ class RedisServer:
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
 
     def _command(self, port: int) -> list[str]:
-        command = [self.binary, "--bind", "127.0.0.1", "--port", str(port)]
+        if self.tls is None:
+            command = [self.binary, "--bind", "127.0.0.1", "--port", str(port)]
+        else:
+            command = [self.binary, "--bind", "127.0.0.1", "--port", "0",
+                       "--tls-port", str(port), "--tls-cert-file", str(self.tls.server_cert),
+                       "--tls-key-file", str(self.tls.server_key),
+                       "--tls-ca-cert-file", str(self.tls.ca),
+                       "--tls-auth-clients", "no"]  # fmt: skip
+        if self.password is not None:
+            command += ["--requirepass", self.password]
         command += ["--dir", str(self.directory), "--logfile", str(self.logfile)]
         command += ["--save", "", "--daemonize", "no"]
         command += ["--appendonly", "yes" if self.appendonly else "no"]
@@ -133,7 +162,7 @@ class RedisServer:
 
     def _wait_ready(self, port: int) -> None:
         """Wait until PING answers and no dataset is loading; fail fast if the process died."""
-        probe = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
+        probe = self._connect(port, socket_timeout=1, socket_connect_timeout=1)
 
         def ready() -> bool:
             if not self.is_running():
