@@ -96,7 +96,18 @@ def make_app(
         note("end", self.request.id, label)
         return label
 
+    @app.task(shared=False, base=GatedTask, bind=True, name=ODD_NAME)
+    def odd(self, label: object, seconds: float = 0.05) -> object:
+        note("start", self.request.id, label)
+        time.sleep(seconds)
+        note("end", self.request.id, label)
+        return label
+
     return app
+
+
+#: A task name full of characters that mean something in MQTT topics and Redis keys.
+ODD_NAME = "gated.odd/{tag}+#ü:*"
 
 
 if "CASCADE_TEST_BROKER" in os.environ:

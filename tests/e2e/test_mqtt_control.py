@@ -14,10 +14,12 @@ from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cascade_celery import DEFERRED, Cascade, Constraint, Scope
-from tests.apps.gated_app import make_app
+from cascade_celery.constraints.model import ID_PATTERN
+from tests.apps.gated_app import ODD_NAME, make_app
 from tests.e2e.conftest import StartWorker
 from tests.e2e.timeline import peak_concurrency, runs
 from tests.harness.mosquitto import MosquittoServer
+from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_for
 
 
@@ -242,3 +244,26 @@ def cascade_api(gated_app: Celery) -> Cascade:
 
 def _reconnected(log: str) -> bool:
     return log.rfind("connected to MQTT") > log.rfind("MQTT disconnected") >= 0
+
+
+def test_a_task_name_with_topic_and_key_characters_is_limited_safely(
+    gated_app: Celery,
+    cascade_api: Cascade,
+    start_worker: StartWorker,
+    broker_client: redis.Redis,
+    redis_server: RedisServer,
+    unique_prefix: str,
+) -> None:
+    # Its '*' makes the scope a glob too; it matches the task itself
+    limit = cascade_api.limit(f"task:{ODD_NAME}", 1)
+    start_worker(pool="threads", concurrency=3)
+    cascade_api.wait_until_applied(limit.id, limit, timeout=30)
+
+    results = [gated_app.tasks[ODD_NAME].delay(i, 0.05) for i in range(4)]
+
+    assert [r.get(timeout=60) for r in results] == list(range(4))
+    assert peak_concurrency(runs(broker_client, unique_prefix)) == 1
+    assert ID_PATTERN.fullmatch(limit.id)  # a safe topic level, no '/', '+' or '#'
+    pool_keys = redis_server.client().keys(f"{unique_prefix}:*pool:*")
+    assert pool_keys
+    assert all(key.count(b"{") == 1 and key.count(b"}") == 1 for key in pool_keys)
