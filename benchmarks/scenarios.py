@@ -1,0 +1,331 @@
+"""The measurements. Each returns plain data (dicts of floats) for the report and JSON."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery import Celery
+
+from benchmarks.app import done_key, events_key
+from benchmarks.cluster import Cluster, cluster
+from benchmarks.stats import in_order_fraction, percentile, summary
+from cascade_celery import Cascade
+from cascade_celery.constraints.handlers import default_handlers
+from cascade_celery.constraints.manager import ConstraintManager
+from cascade_celery.constraints.model import Constraint, Scope
+from cascade_celery.mqtt import protocol
+from cascade_celery.mqtt.listener import ConstraintListener
+from cascade_celery.mqtt.publisher import publish_retained
+from cascade_celery.pools.resources import ResourceManager
+from cascade_celery.store import ConstraintStore
+
+Result = dict[str, Any]
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"benchmark: timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+# -- 1. gate overhead ------------------------------------------------------------------------
+
+
+def _throughput(c: Cluster, app: Celery, task: str, args: tuple[Any, ...], n: int) -> float:
+    """Tasks per second of one worker draining a queue of ``n`` ``task`` messages.
+
+    The queue is filled while the worker doesn't consume it; timing runs from the first
+    task done to the last, so publishing and the consume broadcast are not counted.
+    """
+    client, queue = c.client(), f"{c.prefix}-drain-{uuid.uuid4().hex[:6]}"
+    client.delete(done_key(c.prefix))
+    for _ in range(n):
+        app.send_task(task, args=args, queue=queue)
+    app.control.add_consumer(queue, destination=[w.nodename + "@" + _host() for w in c.workers])
+    _wait(lambda: int(client.get(done_key(c.prefix)) or 0) >= 1, 60, "the first task")
+    first = time.perf_counter()
+    _wait(lambda: int(client.get(done_key(c.prefix)) or 0) >= n, 600, f"{n} tasks")
+    elapsed = time.perf_counter() - first
+    app.control.cancel_consumer(queue, destination=[w.nodename + "@" + _host() for w in c.workers])
+    return (n - 1) / elapsed
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def overhead(runs: int, n: int) -> Result:
+    """Throughput of GatedTask relative to plain Task, side by side, interleaved per run."""
+    cases = {
+        "no_constraint": ("bench.plain_noop", "bench.gated_noop", (), n),
+        "ample_limit": ("bench.plain_noop", "bench.gated_noop", (), n),
+        "ample_limit_20ms": ("bench.plain_sleep", "bench.gated_sleep", (0.02,), max(100, n // 8)),
+    }
+    ratios: dict[str, list[float]] = {case: [] for case in cases}
+    rates: dict[str, list[float]] = {}
+    with cluster() as (c, app):
+        c.start_workers(1, concurrency=2, queues=[f"{c.prefix}-idle"])
+        api = Cascade.for_app(app)
+        for case, (plain, gated, args, count) in cases.items():
+            if case == "ample_limit":
+                api.limit("task:bench.gated_noop", 1_000_000, wait=30)
+                api.limit("task:bench.gated_sleep", 1_000_000, wait=30)
+            _throughput(c, app, gated, args, min(count, 200))  # warm up both paths
+            _throughput(c, app, plain, args, min(count, 200))
+            for run in range(runs):
+                order = [(plain, "plain"), (gated, "gated")]
+                if run % 2:
+                    order.reverse()
+                measured = {kind: _throughput(c, app, task, args, count) for task, kind in order}
+                ratios[case].append(measured["gated"] / measured["plain"])
+                for kind, rate in measured.items():
+                    rates.setdefault(f"{case}/{kind}", []).append(rate)
+    return {
+        "ratio": {case: summary(values) for case, values in ratios.items()},
+        "tasks_per_second": {key: summary(values) for key, values in rates.items()},
+        "n": n,
+    }
+
+
+# -- 2 and 3. utilization under a binding limit, hand-off latency -------------------------------
+
+
+def _timed_run(
+    c: Cluster, app: Celery, task: str, extra: tuple[Any, ...], n: int, seconds: float,
+    backlog: int = 0,
+) -> list[dict[str, Any]]:  # fmt: skip
+    client = c.client()
+    client.delete(events_key(c.prefix))
+    published = {}
+    for seq in range(n):
+        published[seq] = time.time()
+        app.send_task(task, args=(seq, seconds, *extra))
+    for _ in range(backlog):
+        app.send_task("bench.filler", args=(0.01,))
+    _wait(lambda: client.llen(events_key(c.prefix)) >= n, 600, f"{n} timed tasks")
+    events = [json.loads(raw) for raw in client.lrange(events_key(c.prefix), 0, -1)]
+    for event in events:
+        event["published"] = published[event["seq"]]
+    _wait(lambda: _queue_empty(client, c.prefix), 600, "the backlog to drain")
+    return events
+
+
+def _queue_empty(client: redis.Redis, prefix: str) -> bool:
+    return int(client.llen(f"{prefix}-q")) == 0
+
+
+def _utilization(events: list[dict[str, Any]], limit: int, seconds: float) -> Result:
+    starts = [e["start"] for e in events]
+    ends = [e["end"] for e in events]
+    makespan = max(ends) - min(starts)
+    ideal = len(events) * seconds / limit
+    busy = sum(e["end"] - e["start"] for e in events)
+    by_seq = [e["start"] for e in sorted(events, key=lambda e: e["seq"])]
+    waits = [e["start"] - e["published"] for e in events]
+    return {
+        "makespan_s": makespan,
+        "makespan_vs_ideal": makespan / ideal,
+        "slot_use": busy / (limit * makespan),
+        "retries_per_task": sum(e["retries"] for e in events) / len(events),
+        "in_order_pairs": in_order_fraction(by_seq),
+        "wait_p99_s": percentile(waits, 99),
+    }
+
+
+def _handoff_latencies(events: list[dict[str, Any]], limit: int) -> list[float]:
+    """Release-to-next-start: the k-th start after the first ``limit`` follows the k-th end."""
+    starts = sorted(e["start"] for e in events)[limit:]
+    ends = sorted(e["end"] for e in events)
+    return [start - end for start, end in zip(starts, ends, strict=False)]
+
+
+def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Result:
+    """Ours vs the peer (countdown 1 s and 0.1 s) under a binding limit, and with a backlog."""
+    variants: dict[str, list[Result]] = {}
+    latencies: list[float] = []
+    with cluster() as (c, app):
+        Cascade.for_app(app).limit("task:bench.gated_timed", limit)
+        c.start_workers(2, concurrency=4)
+        for _ in range(runs):
+            ours = _timed_run(c, app, "bench.gated_timed", (), n, seconds)
+            variants.setdefault("cascade", []).append(_utilization(ours, limit, seconds))
+            latencies += _handoff_latencies(ours, limit)
+            for countdown in (1.0, 0.1):
+                peer = _timed_run(c, app, "bench.peer_timed", (countdown,), n, seconds)
+                variants.setdefault(f"peer_countdown_{countdown:g}s", []).append(
+                    _utilization(peer, limit, seconds)
+                )
+            backlog = _timed_run(c, app, "bench.gated_timed", (), n, seconds, backlog=10 * n)
+            variants.setdefault("cascade_with_backlog", []).append(
+                _utilization(backlog, limit, seconds)
+            )
+    result: Result = {
+        name: {key: summary([r[key] for r in results]) for key in results[0]}
+        for name, results in variants.items()
+    }
+    for countdown in ("1", "0.1"):
+        ours = [r["makespan_s"] for r in variants["cascade"]]
+        peer = [r["makespan_s"] for r in variants[f"peer_countdown_{countdown}s"]]
+        result[f"makespan_ratio_vs_peer_{countdown}s"] = summary(
+            [a / b for a, b in zip(ours, peer, strict=True)]
+        )
+    result["handoff_latency_ms"] = {
+        "p50": 1000 * percentile(latencies, 50),
+        "p99": 1000 * percentile(latencies, 99),
+        "samples": float(len(latencies)),
+    }
+    result["n"], result["task_seconds"], result["limit"] = n, seconds, limit
+    return result
+
+
+# -- 4. control latency -------------------------------------------------------------------------
+
+
+def control_latency(trials: int, nagle: bool) -> Result:
+    """From publishing a pause (resume) to the last (first) start of a task it governs."""
+    pause_ms: list[float] = []
+    resume_ms: list[float] = []
+    with cluster(mqtt="nagle" if nagle else "nodelay") as (c, app):
+        c.start_workers(2, concurrency=2)
+        api = Cascade.for_app(app)
+        client = c.client()
+        stop = threading.Event()
+
+        def stream() -> None:  # a steady flow of short gated tasks
+            seq = 0
+            while not stop.is_set():
+                app.send_task("bench.gated_timed", args=(seq, 0.001))
+                seq += 1
+                time.sleep(0.002)
+
+        feeder = threading.Thread(target=stream, daemon=True)
+        feeder.start()
+        try:
+            _wait(lambda: client.llen(events_key(c.prefix)) > 50, 60, "the stream to flow")
+            for _ in range(trials):
+                published = time.time()
+                api.pause("task:bench.gated_timed")
+                time.sleep(0.3)
+                starts = _starts(client, c.prefix, since=published - 1)
+                pause_ms.append(1000 * max(0.0, max(starts, default=published) - published))
+                published = time.time()
+                api.resume("task:bench.gated_timed")
+                _wait(lambda t=published: bool(_starts(client, c.prefix, since=t)), 30, "a start")
+                resume_ms.append(1000 * (min(_starts(client, c.prefix, since=published))
+                                         - published))  # fmt: skip
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            feeder.join()
+    return {
+        "pause_ms": {"p50": percentile(pause_ms, 50), "p99": percentile(pause_ms, 99),
+                     "max": max(pause_ms)},
+        "resume_ms": {"p50": percentile(resume_ms, 50), "p99": percentile(resume_ms, 99),
+                      "max": max(resume_ms)},
+        "trials": trials,
+    }  # fmt: skip
+
+
+def _starts(client: redis.Redis, prefix: str, since: float) -> list[float]:
+    raw = client.lrange(events_key(prefix), -400, -1)
+    return [e["start"] for e in map(json.loads, raw) if e["start"] >= since]
+
+
+# -- 5. scale -------------------------------------------------------------------------------------
+
+
+def _cycle_cost(rm: ResourceManager, pool: str, cycles: int) -> float:
+    """Seconds per hand-off cycle (release → hand-off → confirm → acquire the reservation)."""
+    holder = rm.try_acquire("holder", [(pool, 1)], {pool: 1}).lease
+    assert holder is not None
+    lease = holder
+    started = time.perf_counter()
+    for _ in range(cycles):
+        handoffs = rm.release(lease)
+        rm.confirm(handoffs)
+        (handoff,) = handoffs
+        acquired = rm.try_acquire(handoff.task_id, [(pool, 1)], {pool: 1}, handed_off_from=pool)
+        assert acquired.lease is not None
+        lease = acquired.lease
+    elapsed = time.perf_counter() - started
+    rm.release(lease)
+    return elapsed / cycles
+
+
+def _park(rm: ResourceManager, pool: str, count: int, payload: bytes, tag: str) -> float:
+    """Park ``count`` tasks in a full pool; return seconds per park (acquire + park)."""
+    started = time.perf_counter()
+    for i in range(count):
+        task_id = f"{tag}-{i}"
+        assert rm.try_acquire(task_id, [(pool, 1)], {pool: 0}).lease is None
+        rm.park(task_id, pool, 1, 0, payload)
+    return (time.perf_counter() - started) / count
+
+
+def scale(depth: int = 10_000, pools: int = 1_000, cycles: int = 300) -> Result:
+    """Park and hand-off cost at 100 vs ``depth`` parked, and beside ``pools`` busy pools;
+    Redis memory per parked task and per pool; a fresh node's load of 1,000 constraints."""
+    payload = b"x" * 300
+    with cluster(mqtt="nodelay") as (c, app):
+        client = c.redis.client()
+        rm = ResourceManager(client, prefix=c.prefix, lease_seconds=60, max_handoffs=1)
+        cost: dict[str, float] = {}
+        for label, parked in (("shallow", 100), ("deep", depth)):
+            pool = f"scale-{label}"
+            _park(rm, pool, parked - 200, payload, f"{label}-pre")
+            cost[f"park_{label}_us"] = 1e6 * _park(rm, pool, 200, payload, label)
+            cost[f"handoff_{label}_us"] = 1e6 * _cycle_cost(rm, pool, min(cycles, parked - 1))
+        before = int(client.info("memory")["used_memory"])
+        for i in range(pools):
+            _park(rm, f"busy-{i}", 1, payload, f"busy-{i}")
+        per_pool = (int(client.info("memory")["used_memory"]) - before) / pools - len(payload)
+        cost["handoff_among_pools_us"] = 1e6 * _cycle_cost(rm, "scale-shallow", 50)
+        before = int(client.info("memory")["used_memory"])
+        _park(rm, "memory", depth, payload, "mem")
+        per_task = (int(client.info("memory")["used_memory"]) - before) / depth - len(payload)
+        load_s = _load_constraints(c, app, 1000)
+    return {
+        **cost,
+        "park_ratio_deep_vs_shallow": cost["park_deep_us"] / cost["park_shallow_us"],
+        "handoff_ratio_deep_vs_shallow": cost["handoff_deep_us"] / cost["handoff_shallow_us"],
+        "handoff_ratio_among_pools": cost["handoff_among_pools_us"] / cost["handoff_shallow_us"],
+        "redis_bytes_per_parked_task_beyond_payload": per_task,
+        "redis_bytes_per_pool_with_one_parked_task": per_pool,
+        "load_1000_constraints_s": load_s,
+        "depth": depth,
+        "pools": pools,
+    }
+
+
+def _load_constraints(c: Cluster, app: Celery, count: int) -> float:
+    """Seconds a fresh node's listener takes to receive and store ``count`` retained ones."""
+    settings = Cascade.for_app(app).config.mqtt
+    assert settings is not None
+    messages = []
+    for i in range(count):
+        constraint = Constraint(f"c{i}", "concurrency", Scope.parse(f"queue:q{i}"), {"limit": 5})
+        messages.append((protocol.topic_for(c.prefix, constraint.id), protocol.encode(constraint)))
+    publish_retained(settings, messages, timeout=60)
+    validate = ConstraintManager(default_handlers()).validate
+    store = ConstraintStore(c.redis.client(), f"{c.prefix}-load", validate)
+    listener = ConstraintListener(settings, c.prefix, store, ConstraintManager(default_handlers()),
+                                  client_id=f"load-{uuid.uuid4().hex[:6]}")  # fmt: skip
+    started = time.perf_counter()
+    try:
+        if not listener.start(timeout=120):
+            raise TimeoutError("the retained burst did not arrive")
+        elapsed = time.perf_counter() - started
+    finally:
+        listener.stop()
+    if len(store.ids()) != count:
+        raise AssertionError(f"stored {len(store.ids())} of {count} constraints")
+    return elapsed
