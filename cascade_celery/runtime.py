@@ -1,9 +1,10 @@
 """Runtime: what one process needs to gate tasks, built in that process (after fork).
 
 It owns the Redis client, the ConstraintManager kept in sync with the shared constraint
-set, the ResourceManager, the leases of running tasks, and two daemon threads: one
-listens for constraint changes, one renews leases, expires constraints and sweeps pools
-(reaping dead holders and handing their room to parked tasks).
+set, the ResourceManager, the leases of running tasks, and three daemon threads: one
+listens for constraint changes, one releases the leases of tasks that ended (so the next
+task doesn't wait for that round trip), one renews leases, expires constraints and sweeps
+pools (reaping dead holders and handing their room to parked tasks).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -69,6 +71,7 @@ class Runtime:
         self.store = ConstraintStore(self.client, config.redis_prefix, self.manager.validate)
         self._leases: dict[str, Lease] = {}
         self._unreleased: dict[str, tuple[Lease, float]] = {}
+        self._releases: queue.Queue[tuple[Lease, float] | None] = queue.Queue()
         self._defaults_key = pool_defaults(config.redis_prefix)
         self._reload_lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -88,7 +91,9 @@ class Runtime:
                 return
             self._publish_defaults()
             self.reload()
-            for name, target in (("listener", self._listen), ("keeper", self._keep)):
+            threads = (("listener", self._listen), ("releaser", self._release_ended),
+                       ("keeper", self._keep))  # fmt: skip
+            for name, target in threads:
                 thread = threading.Thread(target=target, name=f"cascade-{name}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
@@ -96,6 +101,7 @@ class Runtime:
 
     def stop(self) -> None:
         """Stop the threads and close connections; leases left are reaped after they expire."""
+        self._releases.put(None)  # after the releases already queued
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=2.0)
@@ -168,11 +174,18 @@ class Runtime:
         self._back_off(task, info, args, kwargs, None)
 
     def release(self, task_id: str) -> None:
-        """Give back the lease of a task that ended (any state)."""
+        """Give back the lease of a task that ended (any state), in the releaser thread."""
         lease = self._leases.pop(task_id, None)
         if lease is not None:
             crash_point("before_release")
-            self._release(lease, time.monotonic() + self.config.lease_seconds)
+            self._releases.put((lease, time.monotonic() + self.config.lease_seconds))
+
+    def _release_ended(self) -> None:
+        while (item := self._releases.get()) is not None:
+            try:
+                self._release(*item)
+            except Exception:
+                logger.exception("cascade: releasing %s failed", item[0].task_id)
 
     def _release(self, lease: Lease, expires: float) -> None:
         try:
