@@ -55,12 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             results[name] = (scenarios.scale(depth=1000, pools=100, cycles=50) if args.quick
                              else scenarios.scale())  # fmt: skip
-    results["meta"]["seconds"] = time.monotonic() - started
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+        results["meta"]["seconds"] = time.monotonic() - started
+        _write(args.json, results)  # after each one: a later failure keeps what was measured
     print(render(results))
     print(f"\nwritten to {args.json}")
     return 0
+
+
+def _write(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def _meta(runs: int, quick: bool) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from cascade_celery.constraints.model import Constraint, Scope
 from cascade_celery.mqtt import protocol
 from cascade_celery.mqtt.listener import ConstraintListener
 from cascade_celery.mqtt.publisher import publish_retained
-from cascade_celery.pools.resources import ResourceManager
+from cascade_celery.pools.resources import Lease, PoolHandoff, ResourceManager
 from cascade_celery.store import ConstraintStore
 
 Result = dict[str, Any]
@@ -244,21 +244,26 @@ def _starts(client: redis.Redis, prefix: str, since: float) -> list[float]:
 
 
 def _cycle_cost(rm: ResourceManager, pool: str, cycles: int) -> float:
-    """Seconds per hand-off cycle (release → hand-off → confirm → acquire the reservation)."""
-    holder = rm.try_acquire("holder", [(pool, 1)], {pool: 1}).lease
-    assert holder is not None
-    lease = holder
+    """Seconds per hand-off cycle (release → hand-off → confirm → acquire the reservation),
+    the way a worker passes a slot of a pool of 1 down its line of parked tasks."""
+    _, handoffs = rm.update_resource(pool, 1)  # the first waiter gets the slot
+    lease = _take(rm, pool, handoffs)
     started = time.perf_counter()
     for _ in range(cycles):
-        handoffs = rm.release(lease)
-        rm.confirm(handoffs)
-        (handoff,) = handoffs
-        acquired = rm.try_acquire(handoff.task_id, [(pool, 1)], {pool: 1}, handed_off_from=pool)
-        assert acquired.lease is not None
-        lease = acquired.lease
+        lease = _take(rm, pool, rm.release(lease))
     elapsed = time.perf_counter() - started
     rm.release(lease)
+    rm.update_resource(pool, 0)
     return elapsed / cycles
+
+
+def _take(rm: ResourceManager, pool: str, handoffs: tuple[PoolHandoff, ...]) -> Lease:
+    """Confirm the one hand-off made and acquire its reserved slot, as the task would."""
+    rm.confirm(handoffs)
+    (handoff,) = handoffs
+    acquired = rm.try_acquire(handoff.task_id, [(pool, 1)], {pool: 1}, handed_off_from=pool)
+    assert acquired.lease is not None
+    return acquired.lease
 
 
 def _park(rm: ResourceManager, pool: str, count: int, payload: bytes, tag: str) -> float:
@@ -280,15 +285,17 @@ def scale(depth: int = 10_000, pools: int = 1_000, cycles: int = 300) -> Result:
         rm = ResourceManager(client, prefix=c.prefix, lease_seconds=60, max_handoffs=1)
         cost: dict[str, float] = {}
         for label, parked in (("shallow", 100), ("deep", depth)):
+            # Parks end at depth ``parked``; hand-offs start there and take ``cycles`` off it.
             pool = f"scale-{label}"
-            _park(rm, pool, parked - 200, payload, f"{label}-pre")
-            cost[f"park_{label}_us"] = 1e6 * _park(rm, pool, 200, payload, label)
-            cost[f"handoff_{label}_us"] = 1e6 * _cycle_cost(rm, pool, min(cycles, parked - 1))
+            _park(rm, pool, parked + cycles - 100, payload, f"{label}-pre")
+            cost[f"park_{label}_us"] = 1e6 * _park(rm, pool, 100, payload, label)
+            cost[f"handoff_{label}_us"] = 1e6 * _cycle_cost(rm, pool, cycles)
         before = int(client.info("memory")["used_memory"])
         for i in range(pools):
             _park(rm, f"busy-{i}", 1, payload, f"busy-{i}")
         per_pool = (int(client.info("memory")["used_memory"]) - before) / pools - len(payload)
-        cost["handoff_among_pools_us"] = 1e6 * _cycle_cost(rm, "scale-shallow", 50)
+        _park(rm, "scale-among", 100 + cycles, payload, "among")
+        cost["handoff_among_pools_us"] = 1e6 * _cycle_cost(rm, "scale-among", cycles)
         before = int(client.info("memory")["used_memory"])
         _park(rm, "memory", depth, payload, "mem")
         per_task = (int(client.info("memory")["used_memory"]) - before) / depth - len(payload)
