@@ -191,13 +191,23 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
 
 
 def control_latency(trials: int, nagle: bool) -> Result:
-    """From publishing a pause (resume) to the last (first) start of a task it governs."""
+    """From publishing a change to every worker process enforcing it (idle workers), and
+    under a stream of tasks from publishing a pause (resume) to the last (first) start of
+    a task it governs."""
     pause_ms: list[float] = []
     resume_ms: list[float] = []
+    applied_ms: list[float] = []
     with cluster(mqtt="nagle" if nagle else "nodelay") as (c, app):
         c.start_workers(2, concurrency=2)
         api = Cascade.for_app(app)
         client = c.client()
+        _wait(lambda: len(api.processes()[1]) == 4, 60, "4 gating processes")
+        for limit in range(trials):
+            published = time.perf_counter()
+            change = api.limit("task:bench.gated_timed", 1000 + limit)
+            api.wait_until_applied(change.id, change, timeout=30)
+            applied_ms.append(1000 * (time.perf_counter() - published))
+        api.unlimit("task:bench.gated_timed", wait=30)
         stop = threading.Event()
 
         def stream() -> None:  # a steady flow of short gated tasks
@@ -205,7 +215,7 @@ def control_latency(trials: int, nagle: bool) -> Result:
             while not stop.is_set():
                 app.send_task("bench.gated_timed", args=(seq, 0.001))
                 seq += 1
-                time.sleep(0.002)
+                time.sleep(0.005)
 
         feeder = threading.Thread(target=stream, daemon=True)
         feeder.start()
@@ -227,6 +237,8 @@ def control_latency(trials: int, nagle: bool) -> Result:
             stop.set()
             feeder.join()
     return {
+        "applied_everywhere_ms": {"p50": percentile(applied_ms, 50),
+                                  "p99": percentile(applied_ms, 99), "max": max(applied_ms)},
         "pause_ms": {"p50": percentile(pause_ms, 50), "p99": percentile(pause_ms, 99),
                      "max": max(pause_ms)},
         "resume_ms": {"p50": percentile(resume_ms, 50), "p99": percentile(resume_ms, 99),

@@ -142,6 +142,7 @@ class Runtime:
                 version = self.manager.version
                 decision = self.manager.evaluate(info)
                 if decision.is_free:
+                    self._give_back_reservation(task)
                     return
                 result = self.resources.try_acquire(
                     task_id,
@@ -172,6 +173,19 @@ class Runtime:
             self._back_off(task, info, args, kwargs, exc)
         # Contended beyond reason: go back to the broker rather than spin.
         self._back_off(task, info, args, kwargs, None)
+
+    def _give_back_reservation(self, task: Task) -> None:
+        """A task handed off from a pool it no longer needs (e.g. a pause, since ended)
+        frees the slot reserved for it there at once, not when the reservation expires."""
+        pool = parking.handed_off_from(task.request)
+        if pool is None:
+            return
+        try:
+            result = self.resources.try_acquire(task.request.id, [], {}, handed_off_from=pool)
+            self.publish_handoffs(result.handoffs)
+        except redis.exceptions.RedisError as exc:
+            logger.warning("cascade: could not give back %s's reservation in %s (%s); it "
+                           "expires by itself", task.request.id, pool, exc)  # fmt: skip
 
     def release(self, task_id: str) -> None:
         """Give back the lease of a task that ended (any state), in the releaser thread."""
@@ -208,7 +222,13 @@ class Runtime:
         for handoff in handoffs:
             crash_point("before_handoff_publish")
             try:
-                parking.publish(self.app, handoff.payload, via_handoff_queue=self.handoff_queues)
+                parking.publish(
+                    self.app,
+                    handoff.payload,
+                    # So the task gives the reservation back if it no longer needs the pool.
+                    headers={parking.HANDOFF_POOL_HEADER: handoff.pool},
+                    via_handoff_queue=self.handoff_queues,
+                )
             except Exception:
                 logger.exception(
                     "cascade: hand-off of %s from %s failed; it returns to the head of the "

@@ -8,6 +8,7 @@ import redis
 from celery import Celery
 
 from cascade_celery import DEFERRED, Cascade
+from cascade_celery.pools.keys import pool_keys
 from tests.e2e.conftest import StartWorker
 from tests.e2e.timeline import runs
 from tests.harness.waiting import wait_for
@@ -34,6 +35,9 @@ def test_pause_parks_tasks_and_resume_runs_every_one(
     cascade.resume("task:gated.work")
     assert [r.get(timeout=30) for r in results] == list(range(12))
     assert sorted(run.label for run in runs(broker_client, unique_prefix)) == list(range(12))
+    # and each gave back its reservation in the pause's pool (not at lease expiry, 30 s)
+    used = pool_keys(unique_prefix, "constraint:pause:task:gated.work").used
+    assert int(cascade._store().client.get(used) or 0) == 0
 
 
 def test_pause_on_a_queue_and_a_glob(
