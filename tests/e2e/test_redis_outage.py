@@ -61,11 +61,13 @@ def test_parked_tasks_and_a_held_slot_survive_a_redis_crash_with_aof(
     redis_server.kill()
     redis_server.start()
 
-    # Then the parked tasks run after the holder, in order, one at a time, each once
+    # Then the parked tasks run after the holder, one at a time, each once (arrival order
+    # is not promised across a Redis crash)
     assert holder.get(timeout=60) == "holder"
     assert [r.get(timeout=60) for r in parked] == [0, 1, 2]
     all_runs = runs(broker_client, unique_prefix)
-    assert [run.label for run in all_runs] == ["holder", 0, 1, 2]
+    assert all_runs[0].label == "holder"
+    assert sorted(str(run.label) for run in all_runs[1:]) == ["0", "1", "2"]
     assert peak_concurrency(all_runs) == 1
 
 
