@@ -302,7 +302,9 @@ class Runtime:
     def _renew_all(self) -> None:
         for lease in list(self._leases.values()):
             lost = self.resources.renew(lease)
-            if lost:
+            # A lease released while we renewed it is gone, not lost: only a running
+            # task's lease (still ours) can be lost.
+            if lost and self._leases.get(lease.task_id) is lease:
                 logger.error(
                     "cascade: lease of %s lost in %s (renewal came too late); the slot may be "
                     "in use by another task", lease.task_id, ", ".join(lost),
