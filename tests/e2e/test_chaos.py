@@ -225,7 +225,11 @@ def test_chaos_soak_runs_every_task_once_within_limits_and_leaks_nothing(
         killed_runs = [run for run in all_runs if run.id == task_id]
         assert all(run.pid in victim_pids and run.end is None for run in killed_runs), task_id
         assert starts[task_id] <= 1, task_id
-    twice = {task_id: n for task_id, n in starts.items() if n > 1}
+    twice = {
+        task_id: [(run.pid, round(run.start, 3), run.end and round(run.end, 3)) for run in all_runs
+                  if run.id == task_id]
+        for task_id, n in starts.items() if n > 1
+    }  # fmt: skip
     assert not twice, f"ran more than once: {twice}"
     for task_id in set(results) - lost:
         label, result = results[task_id]
