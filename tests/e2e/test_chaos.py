@@ -10,26 +10,30 @@ worker is SIGKILLed (and a new one started), Mosquitto restarts, and cascade's R
   exceeded the limit in force (soft decrease: see ``over_limit``);
 - every pool is empty again: no slot, lease, reservation or parked task left behind.
 
-Tasks lost with the killed worker. The test app uses Celery's default ``acks_late=False``:
-the worker acknowledges a message when a pool process accepts it, before the task body
-(and cascade's gate) runs (``celery/worker/request.py``, ``Request.on_accepted``). A
-message the killed worker had *accepted* and not finished is therefore gone by Celery's
-own at-most-once rule: it never runs again, and its slot comes back when its lease
-expires. (With ``acks_late=True`` and ``reject_on_worker_lost=True`` Celery would redeliver
-it instead, so a task killed mid-run could run twice; cascade's lease handling is the
-same either way.) Exactly these are exempt, and each at most starts once, in a killed
-process, and never ends:
+Tasks the killed worker had in hand. The test app uses Celery's default
+``acks_late=False``: the worker acknowledges a message when a pool process accepts it,
+before the task body (and cascade's gate) runs (``celery/worker/request.py``,
+``Request.on_accepted``). So a task running in the killed worker is lost by Celery's own
+at-most-once rule (its slot comes back when its lease expires) - unless the kill came
+before the main process had sent that acknowledgement to Redis: then the message is
+still unacknowledged and Celery redelivers it after the visibility timeout (shortened
+here), so it runs again. Messages the killed worker had received but not yet given to a
+pool process come back the same way; if one was a hand-off, cascade may also have handed
+the task off again (at-least-once, DESIGN.md), so it can run twice. (With
+``acks_late=True`` and ``reject_on_worker_lost=True`` every such task would be redelivered,
+and may run twice; cascade's lease handling is the same either way.)
+
+Exactly these are exempt from "exactly once": they start at most twice, at most once in
+a killed process, and may end without a result:
 
 1. tasks whose last word in the killed worker's log is "received" (no "succeeded", no
-   "ignored" i.e. parked) and that never end anywhere: started in a killed process with
-   no end, or accepted there before their start was noted; at most one per process;
-2. at most one task that no worker ever logged: kombu's Redis transport takes a message
-   off the queue (BRPOP) before it records it as unacknowledged, so the message the
-   killed worker had just popped is gone with it.
+   "ignored" i.e. parked);
+2. at most one task that no worker logged after the kill: kombu's Redis transport takes
+   a message off the queue (BRPOP) before it records it as unacknowledged, so the message
+   the killed worker had just popped is gone with it.
 
-Everything else must run exactly once: messages the killed worker had received but not
-accepted stay unacknowledged in the broker and come back after the visibility timeout
-(shortened here), and tasks it had parked are handed off as usual.
+At most one task per killed pool process, plus that one, may be lost. Every other task
+runs exactly once, ends, and has its result.
 
 CI sends ``--soak-tasks`` (default 300) tasks; the long soak is
 ``pytest -m soak --soak-tasks 3000 tests/e2e/test_chaos.py``.
@@ -189,7 +193,7 @@ def test_chaos_soak_runs_every_task_once_within_limits_and_leaks_nothing(
     victim_pids = {victim.pid, *victim.child_pids()}
     victim.kill()
     killed_at = time.time()
-    accepted = _accepted_unfinished(victim.log_text())
+    in_hand = _in_hand(victim.log_text())
     workers.append(start_worker(pool="prefork", concurrency=CONCURRENCY))
 
     # ... Mosquitto restarts, while the workers notice it is gone ...
@@ -216,7 +220,7 @@ def test_chaos_soak_runs_every_task_once_within_limits_and_leaks_nothing(
         last_words = _last_words(*(worker.log_text() for worker in workers))
         dropped = {t for t in results if last_words.get(t, (0, "sent"))[1] in ("sent", "ignored")}
         in_flight.update(_in_flight(broker_client, cascade_client, unique_prefix,
-                                    set(results), accepted | dropped))  # fmt: skip
+                                    set(results), in_hand | dropped))  # fmt: skip
         return not any(in_flight.values())
 
     try:
@@ -230,29 +234,30 @@ def test_chaos_soak_runs_every_task_once_within_limits_and_leaks_nothing(
     lost = set(results) - ended
     print(_summary(all_runs, chaos.changes, lost, workers))
 
-    # Exactly once, except what Celery itself lost with the killed worker
-    unseen = lost - accepted
+    # Exactly once, except tasks the killed worker had in hand (received, not finished)
+    unseen = lost - in_hand
     assert len(unseen) <= 1, f"more lost than one BRPOP of the killed worker: {unseen}"
     last_words = _last_words(*(worker.log_text() for worker in workers))
     for task_id in unseen:  # parked (or just sent) before the kill, and never received again
         at, word = last_words.get(task_id, (0.0, "sent"))
         assert word in ("sent", "ignored"), (task_id, word)
         assert at < killed_at, (task_id, word, at, killed_at)
-    assert len(lost & accepted) <= CONCURRENCY, f"more lost than the killed worker ran: {lost}"
-    for task_id in lost:
-        lost_runs = [(run.pid, run.end) for run in all_runs if run.id == task_id]
-        assert len(lost_runs) <= 1, f"{task_id} started more than once: {lost_runs}"
-        assert all(pid in victim_pids for pid, _ in lost_runs), (task_id, lost_runs, victim_pids)
+    assert len(lost) <= CONCURRENCY + 1, f"more lost than the killed worker ran: {lost}"
+    exempt = in_hand | unseen
+    for task_id in exempt:
+        task_runs = [(run.pid, run.end) for run in all_runs if run.id == task_id]
+        assert len(task_runs) <= 2, f"{task_id} ran more than twice: {task_runs}"
+        assert sum(pid in victim_pids for pid, _ in task_runs) <= 1, (task_id, task_runs)
     twice = {
         task_id: [(run.pid, round(run.start, 3), run.end and round(run.end, 3)) for run in all_runs
                   if run.id == task_id]
-        for task_id, n in starts.items() if n > 1
+        for task_id, n in starts.items() if n > 1 and task_id not in exempt
     }  # fmt: skip
     assert not twice, f"ran more than once: {twice}"
     unfinished = {
         task_id: (result.state, result.result)
         for task_id, (label, result) in results.items()
-        if task_id not in lost and (result.state, result.result) != ("SUCCESS", label)
+        if task_id not in exempt and (result.state, result.result) != ("SUCCESS", label)
     }
     assert not unfinished, f"results other than SUCCESS and the label: {unfinished}"
 
@@ -351,7 +356,7 @@ def _last_words(*logs: str) -> dict[str, tuple[float, str]]:
     return last
 
 
-def _accepted_unfinished(log: str) -> set[str]:
+def _in_hand(log: str) -> set[str]:
     """Tasks whose last word in the killed worker's log is "received"."""
     return {task_id for task_id, (_, word) in _last_words(log).items() if word == "received"}
 
