@@ -72,6 +72,8 @@ class Runtime:
         self._leases: dict[str, Lease] = {}
         self._unreleased: dict[str, tuple[Lease, float]] = {}
         self._releases: queue.Queue[tuple[Lease, float] | None] = queue.Queue()
+        self._unconfirmed: list[PoolHandoff] = []
+        self._unconfirmed_lock = threading.Lock()
         self._defaults_key = pool_defaults(config.redis_prefix)
         self._reload_lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -142,7 +144,7 @@ class Runtime:
                 version = self.manager.version
                 decision = self.manager.evaluate(info)
                 if decision.is_free:
-                    self._give_back_reservation(task)
+                    self._give_back(task_id, parking.handed_off_from(task.request))
                     return
                 result = self.resources.try_acquire(
                     task_id,
@@ -174,18 +176,20 @@ class Runtime:
         # Contended beyond reason: go back to the broker rather than spin.
         self._back_off(task, info, args, kwargs, None)
 
-    def _give_back_reservation(self, task: Task) -> None:
-        """A task handed off from a pool it no longer needs (e.g. a pause, since ended)
-        frees the slot reserved for it there at once, not when the reservation expires."""
-        pool = parking.handed_off_from(task.request)
+    def _give_back(self, task_id: str, pool: str | None) -> None:
+        """A task that needs no pool returns the reservation it was handed off with.
+
+        Best effort: if Redis is down it runs anyway, and the reservation expires.
+        """
         if pool is None:
             return
         try:
-            result = self.resources.try_acquire(task.request.id, [], {}, handed_off_from=pool)
-            self.publish_handoffs(result.handoffs)
+            self.publish_handoffs(
+                self.resources.try_acquire(task_id, (), {}, handed_off_from=pool).handoffs
+            )
         except redis.exceptions.RedisError as exc:
             logger.warning("cascade: could not give back %s's reservation in %s (%s); it "
-                           "expires by itself", task.request.id, pool, exc)  # fmt: skip
+                           "expires with its lease", task_id, pool, exc)  # fmt: skip
 
     def release(self, task_id: str) -> None:
         """Give back the lease of a task that ended (any state), in the releaser thread."""
@@ -236,7 +240,25 @@ class Runtime:
                 )  # fmt: skip
                 continue
             published.append(handoff)
-        self.resources.confirm(published)
+        self._confirm(published)
+
+    def _confirm(self, handoffs: list[PoolHandoff]) -> None:
+        if not handoffs:
+            return
+        try:
+            self.resources.confirm(handoffs)
+        except redis.exceptions.RedisError as exc:
+            # Published but not confirmed: unless confirmed later (by the keeper), an
+            # expired reservation would hand the task off a second time.
+            with self._unconfirmed_lock:
+                self._unconfirmed.extend(handoffs)
+            logger.warning("cascade: could not confirm %d hand-off(s) yet (%s); will retry",
+                           len(handoffs), exc)  # fmt: skip
+
+    def _retry_confirms(self) -> None:
+        with self._unconfirmed_lock:
+            pending, self._unconfirmed = self._unconfirmed, []
+        self._confirm(pending)
 
     def _mark_deferred(self, task: Task, pool: str, paused: bool) -> None:
         if task.request.ignore_result or isinstance(task.backend, DisabledBackend):
@@ -256,6 +278,10 @@ class Runtime:
             self.config.redis_retry_delay * 2 ** min(attempts - 1, 16),
         )
         reason = f"Redis unreachable ({exc})" if exc else "contended"
+        headers: dict[str, object] = {RETRY_HEADER: attempts}
+        reserved_in = parking.handed_off_from(task.request)
+        if reserved_in is not None:  # a reservation it may still hold: give it back later
+            headers[parking.HANDOFF_POOL_HEADER] = reserved_in
         logger.warning(
             "cascade: %s[%s] not started: %s; back to the broker in %.1fs (attempt %d)",
             task.name, task.request.id, reason, delay, attempts,
@@ -265,7 +291,7 @@ class Runtime:
                 self.app,
                 parking.capture(task, args, kwargs, info.queue),
                 countdown=delay,
-                headers={RETRY_HEADER: attempts},
+                headers=headers,
             )
         except Exception as publish_exc:
             logger.error("cascade: could not re-publish %s: %s", task.request.id, publish_exc)
@@ -329,6 +355,7 @@ class Runtime:
             now = time.monotonic()
             try:
                 self._retry_releases()
+                self._retry_confirms()
                 for constraint in self.manager.expire():
                     self.store.delete_expired(constraint)  # others may race: one wins
                 if now >= next_renew:
@@ -357,7 +384,9 @@ class Runtime:
         for lease in list(self._leases.values()):
             crash_point("before_renewal")
             lost = self.resources.renew(lease)
-            if lost:
+            # A lease released while we renewed it is gone, not lost: only a running
+            # task's lease (still ours) can be lost.
+            if lost and self._leases.get(lease.task_id) is lease:
                 logger.error(
                     "cascade: lease of %s lost in %s (renewal came too late); the slot may be "
                     "in use by another task", lease.task_id, ", ".join(lost),

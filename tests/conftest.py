@@ -22,6 +22,27 @@ from tests.harness.waiting import wait_for as _wait_for
 
 S = TypeVar("S", RedisServer, MosquittoServer)
 
+#: Tasks in the chaos soak CI runs; ``--soak-tasks 3000`` (or more) is the long soak.
+SOAK_TASKS = 300
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--soak-tasks N``: how many tasks the chaos soak (marker ``soak``) sends."""
+    parser.addoption(
+        "--soak-tasks",
+        type=int,
+        default=SOAK_TASKS,
+        help=f"tasks sent by the chaos soak (default {SOAK_TASKS}; the long soak: 3000)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give the soak a timeout that grows with the tasks it sends."""
+    tasks = config.getoption("--soak-tasks")
+    for item in items:
+        if item.get_closest_marker("soak") is not None:
+            item.add_marker(pytest.mark.timeout(240 + tasks // 5))
+
 
 @contextmanager
 def _serving(make: Callable[[], S]) -> Iterator[S]:

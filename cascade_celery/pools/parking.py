@@ -10,6 +10,7 @@ task therefore can't rewrite ``parent_id``, as ``apply_async`` would.
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -108,6 +109,9 @@ def capture(task: Task, args: Any, kwargs: Any, queue: str | None) -> bytes:
         "exchange": exchange,
         "routing_key": routing_key,
         "queue": queue,
+        # Unique per parking, so a late confirmation of an older hand-off of the same
+        # task can tell this payload from the one it published (lua/confirm.lua).
+        "token": uuid.uuid4().hex,
     }
     return str(json_dumps(payload)).encode()
 

@@ -144,13 +144,11 @@ class ResourceManager:
         return outcome.status, self._resolve([pool], outcome)
 
     def confirm(self, handoffs: Sequence[PoolHandoff]) -> None:
-        """Forget the payloads of hand-offs that were published."""
-        if not handoffs:
-            return
-        with self.client.pipeline(transaction=False) as pipe:
-            for handoff in handoffs:
-                pipe.hdel(pool_keys(self.prefix, handoff.pool).parked, handoff.task_id)
-            pipe.execute()
+        """Forget the payloads of hand-offs that were published (unless parked again since)."""
+        if handoffs:
+            self._scripts.confirm(
+                [(pool_keys(self.prefix, h.pool).parked, h.task_id, h.payload) for h in handoffs]
+            )
 
     def known_pools(self) -> set[str]:
         """Every pool name registered under this prefix."""

@@ -26,7 +26,7 @@ def load_lua(name: str) -> str:
     return _INCLUDE.sub(lambda match: load_lua(match.group(1)), source)
 
 
-SCRIPT_NAMES = ("acquire", "park", "release", "renew", "set_capacity")
+SCRIPT_NAMES = ("acquire", "confirm", "park", "release", "renew", "set_capacity")
 SOURCES = {name: load_lua(name) for name in SCRIPT_NAMES}
 
 
@@ -106,6 +106,15 @@ class Scripts:
             args += [_capacity_arg(capacity), units]
         keys = _flatten([*pools, *release_reservations_in])
         return _outcome(self._scripts["acquire"](keys=keys, args=args))
+
+    def confirm(self, handoffs: Sequence[tuple[str, str, bytes]]) -> int:
+        """Forget published payloads given as (parked key, task id, payload); return how many.
+
+        A payload that was replaced since (the task parked again) is kept.
+        """
+        keys = [parked for parked, _, _ in handoffs]
+        args: list[Any] = [item for _, task_id, payload in handoffs for item in (task_id, payload)]
+        return int(self._scripts["confirm"](keys=keys, args=args))
 
     def park(
         self,

@@ -4,6 +4,7 @@ Built by ``make_app`` in-process, or from environment variables when a ``celery 
 subprocess imports this module (``celery -A tests.apps.gated_app worker``):
 ``CASCADE_TEST_BROKER`` (broker, result backend and the event record),
 ``CASCADE_TEST_REDIS`` (cascade's Redis), ``CASCADE_TEST_PREFIX``, ``CASCADE_TEST_LEASE``,
+``CASCADE_TEST_VISIBILITY`` (optional broker visibility timeout, seconds),
 ``CASCADE_TEST_MQTT`` (optional control plane) and ``CASCADE_TEST_MQTT_<OPTION>``.
 """
 
@@ -18,6 +19,34 @@ from celery import Celery
 
 from cascade_celery import Cascade, GatedTask
 
+#: Where ``gated.soak`` keeps the manager version seen before its gate ran.
+_VERSION_BEFORE_GATE = "cascade_test_version"
+
+
+class ViewedTask(GatedTask):
+    """A gated task that can tell which constraint view its gate decided with."""
+
+    def before_start(self, task_id: str, args: object, kwargs: object) -> None:
+        """Note the process's constraint version, then gate."""
+        manager = Cascade.for_app(self.app).runtime().manager
+        setattr(self.request, _VERSION_BEFORE_GATE, manager.version)
+        super().before_start(task_id, args, kwargs)
+
+    def gate_view(self) -> dict[str, object]:
+        """The view this run was admitted with: capacities, and whether it was held.
+
+        Exact (``exact`` true) only when no constraint change reached this process
+        between the gate and now; otherwise the gate may have seen another view.
+        """
+        manager = Cascade.for_app(self.app).runtime().manager
+        decision = manager.evaluate(self.cascade_info(self.request))
+        before = getattr(self.request, _VERSION_BEFORE_GATE, None)
+        return {
+            "capacities": dict(decision.capacities),
+            "held": decision.denied_by is not None,
+            "exact": before == manager.version,
+        }
+
 
 def make_app(
     broker: str,
@@ -29,6 +58,7 @@ def make_app(
     retry_delay: float = 0.2,
     mqtt_url: str | None = None,
     mqtt_options: dict[str, object] | None = None,
+    visibility_timeout: float | None = None,
 ) -> Celery:
     """A fresh app whose tasks record their start and end in the broker's Redis."""
     app = Celery("gated", broker=broker, backend=broker, set_as_current=False)
@@ -45,6 +75,14 @@ def make_app(
         worker_prefetch_multiplier=1,
         broker_transport_options={"polling_interval": 0.1},
     )
+    if visibility_timeout is not None:
+        # Messages a killed worker held unacknowledged come back after this long.
+        app.conf.broker_transport_options.update(
+            visibility_timeout=visibility_timeout,
+            unacked_restore_interval=1,
+            unacked_restore_throttle=1,
+            unacked_mutex_expire=5,
+        )
     if mqtt_url:
         app.conf.update(
             cascade_mqtt_url=mqtt_url,
@@ -56,9 +94,9 @@ def make_app(
     record = redis.Redis.from_url(broker)
     events = f"{prefix}:events"
 
-    def note(kind: str, task_id: str, label: object) -> None:
+    def note(kind: str, task_id: str, label: object, **extra: object) -> None:
         event = {"kind": kind, "id": task_id, "label": label, "t": time.time(),
-                 "pid": os.getpid()}  # fmt: skip
+                 "pid": os.getpid(), **extra}  # fmt: skip
         record.rpush(events, json.dumps(event))
 
     @app.task(shared=False, base=GatedTask, bind=True, name="gated.work")
@@ -73,6 +111,13 @@ def make_app(
     @app.task(shared=False, base=GatedTask, bind=True, name="gated.nap")
     def nap(self, label: object, seconds: float = 0.05) -> object:
         note("start", self.request.id, label)
+        time.sleep(seconds)
+        note("end", self.request.id, label)
+        return label
+
+    @app.task(shared=False, base=ViewedTask, bind=True, name="gated.soak")
+    def soak(self, label: object, seconds: float = 0.02) -> object:
+        note("start", self.request.id, label, view=self.gate_view())
         time.sleep(seconds)
         note("end", self.request.id, label)
         return label
@@ -116,6 +161,7 @@ if "CASCADE_TEST_BROKER" in os.environ:
         os.environ["CASCADE_TEST_REDIS"],
         os.environ["CASCADE_TEST_PREFIX"],
         lease_seconds=float(os.environ.get("CASCADE_TEST_LEASE", "30")),
+        visibility_timeout=float(os.environ.get("CASCADE_TEST_VISIBILITY", "0")) or None,
         mqtt_url=os.environ.get("CASCADE_TEST_MQTT"),
         mqtt_options={
             key.removeprefix("CASCADE_TEST_MQTT_").lower(): value

@@ -38,12 +38,16 @@ def worker_env(
 
 @pytest.fixture
 def gated_app(worker_env: dict[str, str]) -> Iterator[Celery]:
-    """The test app in this process: sends tasks, changes constraints, reads results."""
+    """The test app in this process: sends tasks, changes constraints, reads results.
+
+    With ``CASCADE_TEST_MQTT`` in ``worker_env`` it publishes constraints over MQTT.
+    """
     app = make_app(
         worker_env["CASCADE_TEST_BROKER"],
         worker_env["CASCADE_TEST_REDIS"],
         worker_env["CASCADE_TEST_PREFIX"],
         lease_seconds=float(worker_env["CASCADE_TEST_LEASE"]),
+        mqtt_url=worker_env.get("CASCADE_TEST_MQTT"),
     )
     yield app
     Cascade.for_app(app).close()

@@ -6,6 +6,7 @@ import redis
 from celery import Celery
 
 from cascade_celery import DEFERRED, Cascade
+from cascade_celery.pools.keys import pool_keys
 from tests.e2e.conftest import StartWorker
 from tests.e2e.timeline import runs
 from tests.harness.waiting import wait_for
@@ -60,3 +61,25 @@ def test_handoff_keeps_custom_headers_priority_and_queue_scope(
     cascade.resume(f"queue:{unique_prefix}-q")
 
     assert result.get(timeout=30) == 4
+
+
+def test_a_task_handed_off_by_a_resume_gives_its_pause_reservation_back_when_it_runs(
+    gated_app: Celery, cascade: Cascade, start_worker: StartWorker, unique_prefix: str
+) -> None:
+    # Given a task parked by a pause (leases of 30 s: nothing expires during the test)
+    cascade.pause("task:gated.work")
+    start_worker(pool="threads", concurrency=2)
+    held = gated_app.tasks["gated.work"].delay("held", 0.01)
+    wait_for(lambda: held.state == DEFERRED, timeout=30)
+
+    # When the pause ends, it is handed off with a reservation in the pause's hold pool
+    cascade.resume("task:gated.work")
+    assert held.get(timeout=30) == "held"
+
+    # Then that reservation was given back when it started, not left to expire (where it
+    # would hand the task off a second time if the pause had parked it again meanwhile)
+    client = redis.Redis.from_url(cascade.config.redis_url)
+    hold_pool = pool_keys(unique_prefix, "constraint:pause:task:gated.work")
+    assert client.zrange(hold_pool.holders, 0, -1) == []
+    assert int(client.get(hold_pool.used) or 0) == 0
+    client.close()

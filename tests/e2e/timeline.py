@@ -3,38 +3,50 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
 
 @dataclass(frozen=True)
 class Run:
-    """One execution of a task: its id, label and wall-clock interval."""
+    """One execution of a task: its id, label, wall-clock interval and process.
+
+    ``view`` is what ``gated.soak`` notes at its start (see ``ViewedTask.gate_view``).
+    """
 
     id: str
     label: object
     start: float
     end: float | None
+    pid: int = 0
+    view: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def runs(client: redis.Redis, prefix: str) -> list[Run]:
     """Every recorded execution, in start order."""
-    by_id: dict[str, list[dict[str, object]]] = {}
+    # An execution's start and end come from one process: pair them per (id, pid).
+    by_run: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for raw in client.lrange(f"{prefix}:events", 0, -1):
         event = json.loads(raw)
-        by_id.setdefault(str(event["id"]), []).append(event)
+        by_run.setdefault((str(event["id"]), int(event.get("pid", 0))), []).append(event)
     result = []
-    for task_id, events in by_id.items():
-        pending: list[dict[str, object]] = []
+    for (task_id, _), events in by_run.items():
+        pending: list[dict[str, Any]] = []
         for event in sorted(events, key=lambda e: (float(e["t"]), e["kind"] == "start")):
             if event["kind"] == "start":
                 pending.append(event)
             elif pending:
-                begun = pending.pop(0)
-                result.append(Run(task_id, begun["label"], float(begun["t"]), float(event["t"])))
-        result.extend(Run(task_id, e["label"], float(e["t"]), None) for e in pending)
+                result.append(_run(task_id, pending.pop(0), float(event["t"])))
+        result.extend(_run(task_id, begun, None) for begun in pending)
     return sorted(result, key=lambda run: run.start)
+
+
+def _run(task_id: str, begun: dict[str, Any], end: float | None) -> Run:
+    view = begun.get("view")
+    return Run(task_id, begun["label"], float(begun["t"]), end, int(begun.get("pid", 0)),
+               view if isinstance(view, dict) else {})  # fmt: skip
 
 
 def peak_concurrency(all_runs: list[Run], *, after: float = 0.0) -> int:

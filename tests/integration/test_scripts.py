@@ -287,6 +287,42 @@ def test_confirm_forgets_the_payloads_of_published_handoffs(
     assert rm.try_acquire("w1", [("p", 1)], {"p": 2}).lease is not None
 
 
+def test_a_task_arriving_before_its_handoff_is_confirmed_leaves_no_payload_behind(
+    pools: Pools, rm: ResourceManager
+) -> None:
+    # Given w1 handed off by a process that dies (or loses Redis) before confirming
+    holder = hold(rm, "holder", {"p": 1})
+    park(rm, "w1", "p", 1)
+    assert ids(rm.release(holder)) == ["w1"]
+
+    # When w1's message arrives and takes over its reservation
+    assert rm.try_acquire("w1", [("p", 1)], {"p": 1}).lease is not None
+
+    # Then its payload is gone too: nothing can hand it off a second time
+    assert not pools.is_parked("p", "w1")
+
+
+def test_a_late_confirm_keeps_the_payload_of_a_task_that_parked_again(
+    pools: Pools, rm: ResourceManager
+) -> None:
+    # Given w1 handed off, its publisher not yet done confirming
+    holder = hold(rm, "holder", {"p": 1})
+    park(rm, "w1", "p", 1)
+    handoffs = rm.release(holder)
+    assert ids(handoffs) == ["w1"]
+
+    # When w1 arrives first, finds no room (a pause began) and parks again ...
+    assert rm.try_acquire("w1", [("p", 1)], {"p": 0}).lease is None
+    second = b'{"id": "w1", "token": "second parking"}'
+    assert rm.park("w1", "p", 1, 0, second)[0]
+    # ... and only then is the first hand-off confirmed
+    rm.confirm(handoffs)
+
+    # Then w1 still waits with its new payload, and is handed off when room returns
+    assert pools.waiting("p") == ["w1"]
+    assert rm.update_resource("p", 1)[1] == (PoolHandoff("p", "w1", second),)
+
+
 def test_waiters_are_handed_off_in_the_order_they_parked(rm: ResourceManager) -> None:
     # Given one slot, held, and five waiters parked in order
     lease = hold(rm, "holder", {"p": 1})

@@ -116,9 +116,9 @@ class RecordingScript:
         self.name = name
         self.calls = calls
 
-    def __call__(self, *, keys: list[str], args: list[Any]) -> list[Any]:
+    def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
         self.calls[self.name] = {"keys": keys, "args": args}
-        return [] if self.name == "renew" else [1, 0]
+        return {"renew": [], "confirm": 0}.get(self.name, [1, 0])
 
 
 class RecordingClient:
@@ -142,6 +142,7 @@ def test_wrappers_pass_as_many_argv_as_each_header_documents_for_one_pool() -> N
     scripts.acquire(
         [pool], [(3, 1)], task_id="t", member="t:t:1", lease_seconds=1.0, max_handoffs=5
     )
+    scripts.confirm([(pool.parked, "t", b"{}")])
     scripts.park(
         pool, task_id="t", units=1, capacity=3, payload=b"{}", lease_seconds=1.0, max_handoffs=5
     )

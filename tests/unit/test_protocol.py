@@ -23,6 +23,7 @@ from cascade_celery.mqtt.protocol import (
     subscription,
     topic_for,
 )
+from tests.strategies import JSON_VALUES, NEAR_CONSTRAINTS, near_valid_payloads
 
 PREFIX = "cascade"
 TOPIC = "cascade/constraints/limit-charge"
@@ -376,62 +377,6 @@ def decodes_or_rejects(topic: str, payload: bytes) -> None:
     assert reason, "InvalidConstraint must say why"
 
 
-_JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats()  # NaN and +-Infinity included: json.dumps writes them as constants
-    | st.text(),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
-    max_leaves=20,
-)
-
-_FIELD_VALUES = st.one_of(
-    _JSON,
-    st.sampled_from(["pause", "concurrency", "rate", "global", "task:shop.*", "queue:q"]),
-    st.sampled_from(["resource:gpu", "global:x", "task:", "task:a b", "limit-charge"]),
-    st.fixed_dictionaries({}, optional={"limit": _JSON | st.integers(-5, 5)}),
-)
-
-
-def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """``good`` three times in four, else ``bad`` (``one_of`` would flatten and dilute)."""
-    return st.integers(0, 3).flatmap(lambda pick: bad if pick == 0 else good)
-
-
-_NEAR_CONSTRAINTS = st.one_of(
-    # Mostly well-formed, a field at a time going wrong: reaches the handlers' validators.
-    st.fixed_dictionaries(
-        {
-            "id": mostly(st.just("limit-charge"), _FIELD_VALUES),
-            "type": mostly(st.sampled_from(["pause", "concurrency"]), _FIELD_VALUES),
-            "scope": mostly(
-                st.sampled_from(["global", "task:shop.*", "queue:q", "resource:gpu"]),
-                _FIELD_VALUES,
-            ),
-        },
-        optional={
-            "params": mostly(
-                st.fixed_dictionaries({"limit": mostly(st.integers(-3, 3), _JSON)}) | st.just({}),
-                _FIELD_VALUES,
-            ),
-            "expires_at": mostly(st.none() | st.floats() | st.integers(), _JSON),
-        },
-    ),
-    # Any subset of the fields, and an unknown one.
-    st.fixed_dictionaries(
-        {},
-        optional={
-            "id": _FIELD_VALUES,
-            "type": _FIELD_VALUES,
-            "scope": _FIELD_VALUES,
-            "params": _FIELD_VALUES,
-            "expires_at": _FIELD_VALUES,
-            "extra": _JSON,
-        },
-    ),
-)
-
 _TOPICS = st.one_of(
     st.just(TOPIC),
     st.text(),
@@ -446,13 +391,13 @@ def test_arbitrary_bytes_decode_or_are_rejected(topic: str, payload: bytes) -> N
     decodes_or_rejects(topic, payload)
 
 
-@given(topic=_TOPICS, value=_JSON | _NEAR_CONSTRAINTS)
+@given(topic=_TOPICS, value=JSON_VALUES | NEAR_CONSTRAINTS)
 @settings(max_examples=1000, deadline=None)
 def test_arbitrary_json_values_decode_or_are_rejected(topic: str, value: object) -> None:
     decodes_or_rejects(topic, json.dumps(value).encode())
 
 
-@given(value=_NEAR_CONSTRAINTS)
+@given(value=NEAR_CONSTRAINTS)
 @settings(max_examples=1000, deadline=None)
 def test_near_constraints_on_their_own_topic_decode_or_are_rejected(value: object) -> None:
     decodes_or_rejects(TOPIC, json.dumps(value, ensure_ascii=False).encode("utf-8", "replace"))
@@ -462,3 +407,9 @@ def test_near_constraints_on_their_own_topic_decode_or_are_rejected(value: objec
 @settings(max_examples=1000, deadline=None)
 def test_arbitrary_topics_decode_or_are_rejected(topic: str, payload: bytes) -> None:
     decodes_or_rejects(topic, payload)
+
+
+@given(payload=near_valid_payloads("limit-charge"))
+@settings(max_examples=1000, deadline=None)
+def test_damaged_encodings_of_good_constraints_decode_or_are_rejected(payload: bytes) -> None:
+    decodes_or_rejects(TOPIC, payload)

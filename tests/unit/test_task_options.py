@@ -7,11 +7,14 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.app.task import Context
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cascade_celery import GatedTask
 from cascade_celery.constraints.handlers.concurrency import MAX_LIMIT
 from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.errors import ConfigurationError
+from cascade_celery.task import _RESOURCE_NAME
 
 
 def make_task(name: str = "shop.charge", **options: Any) -> GatedTask:
@@ -64,6 +67,70 @@ def test_a_bad_concurrency_is_an_error_naming_the_task(concurrency: object) -> N
 def test_bad_resources_are_an_error_naming_the_task(resources: object) -> None:
     with pytest.raises(ConfigurationError, match=r"task shop\.charge: resource"):
         make_task(resources=resources)
+
+
+# -- fuzzing: any bad option is refused at declaration, and nothing is registered ------------
+
+_ANYTHING = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+_BAD_CONCURRENCY = st.one_of(
+    st.integers(max_value=0),
+    st.integers(min_value=MAX_LIMIT + 1),
+    st.booleans(),
+    st.floats(),
+    st.integers(1, MAX_LIMIT).map(str),
+    _ANYTHING.filter(lambda v: v is not None and not isinstance(v, (int, float))),
+)
+_GOOD_NAMES = st.from_regex(_RESOURCE_NAME, fullmatch=True)
+_BAD_NAMES = st.one_of(
+    st.text(max_size=210).filter(lambda name: not _RESOURCE_NAME.fullmatch(name)),
+    st.integers(),
+    st.none(),
+    st.tuples(st.text(max_size=3)),
+)
+_BAD_UNITS = st.one_of(
+    st.integers(max_value=0), st.booleans(), st.floats(), st.integers(1, 9).map(str), _ANYTHING
+).filter(lambda units: isinstance(units, bool) or not isinstance(units, int) or units < 1)
+_BAD_RESOURCES = st.one_of(
+    # Mostly a mapping with good entries and one bad name or bad units ...
+    st.tuples(
+        st.dictionaries(_GOOD_NAMES, st.integers(1, 9), max_size=3),
+        _BAD_NAMES,
+        st.integers(1, 9),
+    ).map(lambda t: {**t[0], t[1]: t[2]}),
+    st.tuples(
+        st.dictionaries(_GOOD_NAMES, st.integers(1, 9), max_size=3), _GOOD_NAMES, _BAD_UNITS
+    ).map(lambda t: {**t[0], t[1]: t[2]}),
+    # ... or not a mapping at all.
+    _ANYTHING.filter(lambda v: v is not None and not isinstance(v, dict)),
+)
+
+
+def refused(option: str, value: object) -> None:
+    """Declaring a task with ``option=value`` fails naming it, and registers nothing."""
+    app = Celery("t", set_as_current=False)
+
+    @app.task(base=GatedTask, name="shop.charge", shared=False, **{option: value})
+    def task() -> None: ...
+
+    with pytest.raises(ConfigurationError, match=rf"^task shop\.charge: {option[:8]}"):
+        app.finalize()
+    assert "shop.charge" not in app.tasks
+
+
+@given(_BAD_CONCURRENCY)
+@settings(max_examples=200, deadline=None)
+def test_fuzzed_bad_concurrency_is_refused_and_registers_nothing(concurrency: object) -> None:
+    refused("concurrency", concurrency)
+
+
+@given(_BAD_RESOURCES)
+@settings(max_examples=200, deadline=None)
+def test_fuzzed_bad_resources_are_refused_and_register_nothing(resources: object) -> None:
+    refused("resources", resources)
 
 
 def test_a_subclass_with_a_bad_option_fails_at_class_definition() -> None:

@@ -85,11 +85,14 @@ local function reap(k, now)
 end
 
 -- Forget a reservation (taken over by its task, or given back); returns its units.
+-- Its task has arrived, so the hand-off was published: its payload goes too, even if
+-- the publisher never confirmed it (it died, or Redis was down at that moment).
 local function drop_reservation(k, task_id)
   local member = 'r:' .. task_id
   if redis.call('ZREM', k.holders, member) == 0 then return nil end
   local units = tonumber(redis.call('HGET', k.units, member) or '0')
   redis.call('HDEL', k.units, member, 'q:' .. task_id, 'a:' .. task_id)
+  redis.call('HDEL', k.parked, task_id)
   return units
 end
 
