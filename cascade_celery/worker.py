@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from cascade_celery.pools.parking import handoff_queue, is_handoff_queue
+from cascade_celery.pools.parking import handoff_entity, handoff_queue, is_handoff_queue
 
 _FLAG = "_cascade_consumes_handoffs"
 
@@ -32,12 +32,23 @@ class HandoffQueues(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
+        from cascade_celery.cascade import Cascade  # here: cascade.py imports this module
+
+        # Signal receivers can't stop a worker (Celery logs their errors); a step can:
+        # a wrong setting raises ConfigurationError here, before any task is consumed.
+        _ = Cascade.for_app(parent.app).config
         # Built in the worker's main process before the pool forks: children inherit it.
         setattr(parent.app, _FLAG, True)
 
     def start(self, c: Any) -> None:
-        """Add the hand-off queues (again after a reconnect; adding is idempotent)."""
-        for queue in list(c.task_consumer.queues):
-            if not is_handoff_queue(queue.name):
-                name = handoff_queue(queue.name)
-                c.add_task_queue(name, exchange=name, exchange_type="direct", routing_key=name)
+        """Consume the hand-off queues (again after a reconnect: the consumer is new).
+
+        They are added to the task consumer only, not to ``app.amqp.queues``: that is
+        the app's own queue configuration, which routing, ``inspect`` and the user read.
+        """
+        consumer = c.task_consumer
+        for queue in list(consumer.queues):
+            name = handoff_queue(queue.name)
+            if not is_handoff_queue(queue.name) and not consumer.consuming_from(name):
+                consumer.add_queue(handoff_entity(name))
+                consumer.consume()
