@@ -20,12 +20,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 
 from cascade_celery import Cascade, GatedTask
 
 MODE = os.environ.get("CASCADE_SUITE_MODE", "task_cls")
 LIMIT = os.environ.get("CASCADE_SUITE_LIMIT")
+#: The worker's app, for the summary at the end.
+_SESSION_APPS: list[Celery] = []
 
 
 class GatedFixtures:
@@ -39,6 +42,7 @@ class GatedFixtures:
     @pytest.fixture(scope="session", autouse=True)
     def cascade_session_app(self, celery_session_app: Celery) -> Iterator[None]:
         """Install cascade on the worker's app and store the limit before it starts."""
+        _SESSION_APPS.append(celery_session_app)
         if MODE == "gate_all":
             Cascade(celery_session_app, gate_all=True)
         if LIMIT is not None:
@@ -62,6 +66,19 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"CASCADE_SUITE_MODE must be task_cls, gate_all or off: {MODE!r}")
     if MODE != "off":
         config.pluginmanager.register(GatedFixtures(), "cascade-gated-fixtures")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Evidence that tasks were gated: GatedTask count, and cascade's Lua calls in Redis."""
+    for app in _SESSION_APPS:
+        tasks = list(app.tasks.values())
+        gated = sum(isinstance(task, GatedTask) for task in tasks)
+        client = redis.Redis.from_url(app.conf.broker_url)
+        scripts = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        terminalreporter.write_line(
+            f"cascade: {gated} of {len(tasks)} tasks of the worker's app are GatedTask; "
+            f"Redis ran {scripts} cascade scripts (acquire, release, sweep ...)"
+        )
 
 
 def pytest_report_header() -> str:
