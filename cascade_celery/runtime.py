@@ -66,7 +66,9 @@ class Runtime:
             max_handoffs=config.max_handoffs,
         )
         self.store = ConstraintStore(self.client, config.redis_prefix, self.manager.validate)
-        self._leases: dict[str, Lease] = {}
+        #: Leases of running tasks, by (task id, thread): a retried task can start in
+        #: another thread (threads, gevent) before this run's postrun releases its lease.
+        self._leases: dict[tuple[str, int], Lease] = {}
         self._unreleased: dict[str, tuple[Lease, float]] = {}
         self._defaults_key = pool_defaults(config.redis_prefix)
         self._reload_lock = threading.Lock()
@@ -144,7 +146,7 @@ class Runtime:
                 )
                 self.publish_handoffs(result.handoffs)
                 if result.lease is not None:
-                    self._leases[task_id] = result.lease
+                    self._leases[task_id, threading.get_ident()] = result.lease
                     return
                 pool = str(result.blocked_pool)
                 units = dict(decision.pools)[pool]
@@ -166,8 +168,8 @@ class Runtime:
         self._back_off(task, info, args, kwargs, None)
 
     def release(self, task_id: str) -> None:
-        """Give back the lease of a task that ended (any state)."""
-        lease = self._leases.pop(task_id, None)
+        """Give back the lease of a task that ended (any state) in this thread."""
+        lease = self._leases.pop((task_id, threading.get_ident()), None)
         if lease is not None:
             self._release(lease, time.monotonic() + self.config.lease_seconds)
 
