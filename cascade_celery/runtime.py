@@ -69,7 +69,9 @@ class Runtime:
             max_handoffs=config.max_handoffs,
         )
         self.store = ConstraintStore(self.client, config.redis_prefix, self.manager.validate)
-        self._leases: dict[str, Lease] = {}
+        #: Leases of running tasks, by (task id, thread): a retried task can start in
+        #: another thread (threads, gevent) before this run's postrun releases its lease.
+        self._leases: dict[tuple[str, int], Lease] = {}
         self._unreleased: dict[str, tuple[Lease, float]] = {}
         self._releases: queue.Queue[tuple[Lease, float] | None] = queue.Queue()
         self._unconfirmed: list[PoolHandoff] = []
@@ -154,7 +156,7 @@ class Runtime:
                 )
                 self.publish_handoffs(result.handoffs)
                 if result.lease is not None:
-                    self._leases[task_id] = result.lease
+                    self._leases[task_id, threading.get_ident()] = result.lease
                     crash_point("after_acquire")
                     return
                 pool = str(result.blocked_pool)
@@ -192,8 +194,9 @@ class Runtime:
                            "expires with its lease", task_id, pool, exc)  # fmt: skip
 
     def release(self, task_id: str) -> None:
-        """Give back the lease of a task that ended (any state), in the releaser thread."""
-        lease = self._leases.pop(task_id, None)
+        """Give back the lease of a task that ended (any state) in this thread; the
+        releaser thread does the Redis part."""
+        lease = self._leases.pop((task_id, threading.get_ident()), None)
         if lease is not None:
             crash_point("before_release")
             self._releases.put((lease, time.monotonic() + self.config.lease_seconds))
@@ -381,12 +384,12 @@ class Runtime:
         return max(0.005, wait)
 
     def _renew_all(self) -> None:
-        for lease in list(self._leases.values()):
+        for key, lease in list(self._leases.items()):
             crash_point("before_renewal")
             lost = self.resources.renew(lease)
             # A lease released while we renewed it is gone, not lost: only a running
             # task's lease (still ours) can be lost.
-            if lost and self._leases.get(lease.task_id) is lease:
+            if lost and self._leases.get(key) is lease:
                 logger.error(
                     "cascade: lease of %s lost in %s (renewal came too late); the slot may be "
                     "in use by another task", lease.task_id, ", ".join(lost),

@@ -11,6 +11,10 @@ from typing import Any
 
 from celery import current_app, signals
 
+from cascade_celery.cascade import Cascade
+from cascade_celery.errors import ConfigurationError
+from cascade_celery.task import GatedTask
+
 logger = logging.getLogger(__name__)
 
 
@@ -45,19 +49,28 @@ def start_child_runtime(**_: Any) -> None:
 def start_worker_node(sender: Any = None, **_: Any) -> None:
     """In the worker's main process, before the pool starts.
 
-    Check the settings (a wrong one stops the worker now, not at its first task) and
-    start the node's MQTT listener, waiting a bounded time for the retained state.
+    Install cascade if the app has gated tasks but no ``Cascade(app)`` (e.g. only
+    ``task_cls="cascade_celery:GatedTask"``), so its hand-off queues, settings check and
+    MQTT listener are there; start the node's MQTT listener, waiting a bounded time for
+    the retained state. A wrong setting is reported by the HandoffQueues step, which
+    stops the worker (an error raised here would only be logged).
     """
-    cascade = getattr(getattr(sender, "app", None), "_cascade", None)
+    app = getattr(sender, "app", None)
+    cascade = getattr(app, "_cascade", None)
     if cascade is None:
-        return
-    _ = cascade.config
+        if app is None or not any(isinstance(t, GatedTask) for t in app.tasks.values()):
+            return
+        cascade = Cascade(app)
     try:
         cascade.check_redis_persistence()
+    except ConfigurationError:
+        pass  # reported by the HandoffQueues step, as below
     except Exception:
         logger.exception("cascade: could not check Redis persistence")
     try:
         cascade.start_listener(getattr(sender, "hostname", None) or "worker")
+    except ConfigurationError:
+        pass  # the HandoffQueues step raises it again and stops the worker
     except Exception:
         logger.exception("cascade: could not start the MQTT listener")
 

@@ -44,6 +44,11 @@ def handoff_queue(queue: str) -> str:
     return f"{_HANDOFF_PREFIX}{queue}"
 
 
+def handoff_entity(queue: str) -> Queue:
+    """The kombu queue (and its direct exchange) of hand-off queue ``queue``."""
+    return Queue(queue, Exchange(queue, "direct"), routing_key=queue)
+
+
 def is_handoff_queue(queue: str) -> bool:
     """Whether ``queue`` is a hand-off queue."""
     return queue.startswith(_HANDOFF_PREFIX)
@@ -136,7 +141,7 @@ def publish(
     if via_handoff_queue and message.get("queue"):
         headers[ROUTE_HEADER] = [exchange, routing_key]
         exchange = routing_key = handoff_queue(message["queue"])
-        declare.append(Queue(exchange, Exchange(exchange, "direct"), routing_key=routing_key))
+        declare.append(handoff_entity(exchange))
     elif not exchange and routing_key in app.amqp.queues:
         declare.append(app.amqp.queues[routing_key])
     if countdown is not None:

@@ -10,9 +10,12 @@ import redis
 from celery import Celery
 
 from cascade_celery import DEFERRED, Cascade
+from cascade_celery.status import read_status
 from tests.e2e.conftest import StartWorker
 from tests.e2e.timeline import Run, peak_concurrency, runs
+from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_for
+from tests.harness.workers import embedded_worker
 
 LEASE = 2.0
 
@@ -54,3 +57,36 @@ def _pid_of(client: redis.Redis, prefix: str, task_id: str) -> int:
         if event["id"] == task_id:
             return int(event["pid"])
     raise AssertionError(f"no event for {task_id}")
+
+
+def test_two_runs_of_one_task_id_in_one_process_each_give_back_their_own_slot(
+    gated_app: Celery,
+    cascade: Cascade,
+    broker_client: redis.Redis,
+    redis_server: RedisServer,
+    unique_prefix: str,
+) -> None:
+    # Given two deliveries of one task id (a duplicate, or a retry picked up before the
+    # first run's postrun) running at once in two threads of one worker, under a limit
+    cascade.limit("task:gated.work", 5)
+    work = gated_app.tasks["gated.work"]
+    with embedded_worker(gated_app, pool="threads", concurrency=2, queues=[f"{unique_prefix}-q"]):
+        for _ in range(2):
+            work.apply_async(("twin", 0.5), task_id=f"{unique_prefix}-twin")
+        done = wait_for(
+            lambda: (
+                [r for r in runs(broker_client, unique_prefix) if r.end is not None][1:] or None
+            ),
+            timeout=30,
+            message="both runs ended",
+        )
+        assert peak_concurrency(runs(broker_client, unique_prefix)) == 2, done
+
+        # Then both units come back when they end, not when a lease expires
+        def held() -> int:
+            pools = read_status(redis_server.client(), unique_prefix, cascade.constraints())
+            return next(
+                p.running for p in pools if p.name == "constraint:concurrency:task:gated.work"
+            )
+
+        wait_for(lambda: held() == 0, timeout=15, message="the pool to be empty")

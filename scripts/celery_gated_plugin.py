@@ -1,0 +1,86 @@
+"""pytest plugin: run Celery's own integration suite with GatedTask as every task's base.
+
+Loaded by ``scripts/celery_integration.sh`` with ``-p celery_gated_plugin``; it lives
+outside Celery's tree and changes nothing in it. ``CASCADE_SUITE_MODE`` picks how
+tasks get GatedTask:
+
+- ``task_cls`` (default): ``Celery(..., task_cls="cascade_celery:GatedTask")`` and no
+  cascade setting at all (cascade uses the Redis broker);
+- ``gate_all``: ``Cascade(app, gate_all=True)`` on every app the suite creates;
+- ``off``: plain Celery (the baseline).
+
+``CASCADE_SUITE_LIMIT=<n>`` stores a ``global`` concurrency limit of ``n`` in the
+cascade Redis before the worker starts, so every task takes the gated path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from cascade_celery import Cascade, GatedTask
+
+MODE = os.environ.get("CASCADE_SUITE_MODE", "task_cls")
+LIMIT = os.environ.get("CASCADE_SUITE_LIMIT")
+#: The worker's app, for the summary at the end.
+_SESSION_APPS: list[Celery] = []
+
+
+class GatedFixtures:
+    """Fixtures that override celery.contrib.pytest's (registered after it, so they win)."""
+
+    @pytest.fixture(scope="session")
+    def celery_parameters(self) -> dict[str, Any]:
+        """The test apps' constructor arguments: GatedTask as the default task base."""
+        return {"task_cls": "cascade_celery:GatedTask"} if MODE == "task_cls" else {}
+
+    @pytest.fixture(scope="session", autouse=True)
+    def cascade_session_app(self, celery_session_app: Celery) -> Iterator[None]:
+        """Install cascade on the worker's app and store the limit before it starts."""
+        _SESSION_APPS.append(celery_session_app)
+        if MODE == "gate_all":
+            Cascade(celery_session_app, gate_all=True)
+        if LIMIT is not None:
+            # A separate app, as an operator's CLI would be: the suite's apps stay as they are.
+            admin = Celery("cascade-admin", broker=celery_session_app.conf.broker_url)
+            Cascade(admin).limit("global", int(LIMIT))
+        yield
+        if LIMIT is not None:
+            Cascade.for_app(admin).unlimit("global")
+
+    @pytest.fixture(autouse=True)
+    def cascade_function_app(self, celery_app: Celery) -> None:
+        """Install cascade on each test's own app (the one the test sends from)."""
+        if MODE == "gate_all":
+            Cascade(celery_app, gate_all=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the fixtures late so they override the ones Celery's plugin defines."""
+    if MODE not in ("task_cls", "gate_all", "off"):
+        raise pytest.UsageError(f"CASCADE_SUITE_MODE must be task_cls, gate_all or off: {MODE!r}")
+    if MODE != "off":
+        config.pluginmanager.register(GatedFixtures(), "cascade-gated-fixtures")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Evidence that tasks were gated: GatedTask count, and cascade's Lua calls in Redis."""
+    for app in _SESSION_APPS:
+        tasks = list(app.tasks.values())
+        gated = sum(isinstance(task, GatedTask) for task in tasks)
+        client = redis.Redis.from_url(app.conf.broker_url)
+        scripts = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        terminalreporter.write_line(
+            f"cascade: {gated} of {len(tasks)} tasks of the worker's app are GatedTask; "
+            f"Redis ran {scripts} cascade scripts (acquire, release, sweep ...)"
+        )
+
+
+def pytest_report_header() -> str:
+    """Say how the tasks are gated, at the top of the run."""
+    return f"cascade: mode={MODE} global limit={LIMIT or 'none'} (GatedTask={GatedTask!r})"
