@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import redis
 from celery import Celery
 from celery.exceptions import WorkerLostError
@@ -56,51 +57,48 @@ def assert_lost_by_celery(result: AsyncResult) -> None:
     assert isinstance(result.result, WorkerLostError)
 
 
-def test_death_after_acquiring_before_running(
+@pytest.mark.parametrize(
+    ("point", "seconds", "victim_run"),
+    [
+        # dies holding the slot, before the body starts: the task never ran
+        ("after_acquire", 0.05, None),
+        # dies in the body, while renewing its lease: killed mid-run
+        ("before_renewal", 30.0, "killed"),
+        # dies after the body, before releasing (in task_postrun): result already stored
+        ("before_release", 0.05, "ended"),
+    ],
+)
+def test_death_while_holding_a_slot(
     gated_app: Celery,
     cascade: Cascade,
     start_worker: StartWorker,
     broker_client: redis.Redis,
     unique_prefix: str,
     tmp_path: Path,
+    point: str,
+    seconds: float,
+    victim_run: str | None,
 ) -> None:
+    # Given a limit of 1 and a worker process that dies at `point` holding the slot
     cascade.limit("task:gated.work", 1)
-    marker = crashing_worker(start_worker, tmp_path, "after_acquire")
+    marker = crashing_worker(start_worker, tmp_path, point)
     work = gated_app.tasks["gated.work"]
-
-    victim = work.delay("victim", 0.05)
+    victim = work.delay("victim", seconds)
     wait_for(marker.exists, timeout=30)
+
+    # When more tasks arrive, the slot comes back when the dead holder's lease expires
     others = [work.delay(i, 0.05) for i in range(3)]
-
-    # The slot the dead process held comes back when its lease expires: the others run
     assert [r.get(timeout=60) for r in others] == [0, 1, 2]
-    assert_lost_by_celery(victim)
-    assert [run.label for run in runs(broker_client, unique_prefix)] == [0, 1, 2]
-    assert_pool_drained(cascade, unique_prefix)
 
-
-def test_death_after_running_before_release(
-    gated_app: Celery,
-    cascade: Cascade,
-    start_worker: StartWorker,
-    broker_client: redis.Redis,
-    unique_prefix: str,
-    tmp_path: Path,
-) -> None:
-    cascade.limit("task:gated.work", 1)
-    marker = crashing_worker(start_worker, tmp_path, "before_release")
-    work = gated_app.tasks["gated.work"]
-
-    victim = work.delay("victim", 0.05)
-    wait_for(marker.exists, timeout=30)
-    others = [work.delay(i, 0.05) for i in range(3)]
-
-    assert [r.get(timeout=60) for r in others] == [0, 1, 2]
-    # The victim ran to its end once and its result was stored before its process died
-    assert victim.get(timeout=30) == "victim"
+    # Then the victim is as Celery leaves it, nothing ran twice or beside another
+    if victim_run == "ended":
+        assert victim.get(timeout=30) == "victim"
+    else:
+        assert_lost_by_celery(victim)
     all_runs = runs(broker_client, unique_prefix)
+    expected = {None: [], "killed": [("victim", False)], "ended": [("victim", True)]}
     assert [(run.label, run.end is not None) for run in all_runs] == [
-        ("victim", True), (0, True), (1, True), (2, True),
+        *expected[victim_run], (0, True), (1, True), (2, True),
     ]  # fmt: skip
     assert peak_concurrency(all_runs) == 1
     assert_pool_drained(cascade, unique_prefix)
@@ -131,28 +129,4 @@ def test_death_after_popping_a_parked_task_before_republishing_it(
     assert first.get(timeout=30) == "first"
     labels = [run.label for run in runs(broker_client, unique_prefix)]
     assert labels == ["first", "parked"]
-    assert_pool_drained(cascade, unique_prefix)
-
-
-def test_death_while_renewing_the_lease_of_a_running_task(
-    gated_app: Celery,
-    cascade: Cascade,
-    start_worker: StartWorker,
-    broker_client: redis.Redis,
-    unique_prefix: str,
-    tmp_path: Path,
-) -> None:
-    cascade.limit("task:gated.work", 1)
-    marker = crashing_worker(start_worker, tmp_path, "before_renewal")
-    work = gated_app.tasks["gated.work"]
-
-    victim = work.delay("victim", 30)  # renewed every lease/3 while it runs
-    wait_for(marker.exists, timeout=30)
-    others = [work.delay(i, 0.05) for i in range(3)]
-
-    assert [r.get(timeout=60) for r in others] == [0, 1, 2]
-    assert_lost_by_celery(victim)
-    victim_run, *other_runs = runs(broker_client, unique_prefix)
-    assert (victim_run.label, victim_run.end) == ("victim", None)  # killed mid-run
-    assert [run.label for run in other_runs] == [0, 1, 2]
     assert_pool_drained(cascade, unique_prefix)
