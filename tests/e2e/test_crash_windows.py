@@ -96,9 +96,12 @@ def test_death_while_holding_a_slot(
     else:
         assert_lost_by_celery(victim)
     all_runs = runs(broker_client, unique_prefix)
-    expected = {None: [], "killed": [("victim", False)], "ended": [("victim", True)]}
-    assert [(run.label, run.end is not None) for run in all_runs] == [
-        *expected[victim_run], (0, True), (1, True), (2, True),
+    victims = {None: [], "killed": [("victim", False)], "ended": [("victim", True)]}
+    first = victims[victim_run]
+    assert [(run.label, run.end is not None) for run in all_runs[: len(first)]] == first
+    # (two processes park the others, so they may reach the line in either order)
+    assert sorted((run.label, run.end is not None) for run in all_runs[len(first) :]) == [
+        (0, True), (1, True), (2, True),
     ]  # fmt: skip
     assert peak_concurrency(all_runs) == 1
     assert_pool_drained(cascade, unique_prefix)
