@@ -78,9 +78,9 @@ class MqttSettings:
 class CascadeConfig:
     """The parsed ``cascade_*`` settings of one app."""
 
-    redis_url: str
+    redis_url: str = field(repr=False)  # may hold a password
     redis_prefix: str = "cascade"
-    mqtt_url: str | None = None
+    mqtt_url: str | None = field(default=None, repr=False)
     mqtt_prefix: str = "cascade"
     lease_seconds: float = 30.0
     sweep_interval: float = 1.0

@@ -243,6 +243,15 @@ class ConstraintListener:
         absent = stored - burst
         if not absent:
             return
+        if self._signer is not None:
+            # Anyone who can publish can clear a retained message; only a signed
+            # tombstone may remove a signed constraint.
+            logger.warning(
+                "cascade: %d constraint(s) in force have no retained message (%s); keeping "
+                "them: with cascade_mqtt_secret set only a signed tombstone removes one",
+                len(absent), ", ".join(sorted(absent)),
+            )  # fmt: skip
+            return
         if not burst:
             logger.warning(
                 "cascade: the MQTT broker holds no retained constraints but %d are in force "

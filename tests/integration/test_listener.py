@@ -28,6 +28,7 @@ from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import free_port
 
 LOGGER = "cascade_celery.mqtt.listener"
+SECRET = "a listener test secret"  # noqa: S105
 START_TIMEOUT = 10.0
 
 Wait = Callable[..., Any]
@@ -354,6 +355,28 @@ def test_a_fresh_session_removes_constraints_absent_from_the_retained_burst(
 
     assert harness.stored() == {"limit-charge": charge}
     assert records(caplog, logging.INFO, "pause-emails was removed while this node was offline")
+
+
+def test_with_a_secret_a_cleared_retained_message_does_not_remove_a_constraint(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    harness.settings = MqttSettings.from_url(harness.mosquitto.url, secret=SECRET)
+    signer = harness.settings.signer()
+    assert signer is not None
+    for constraint in (limit("limit-charge", 3), pause("pause-emails")):
+        topic = harness.topic(constraint.id)
+        publish(harness.mosquitto, topic, signer.sign(topic, constraint.to_dict()))
+    harness.started(f"{harness.prefix}-old").stop()
+    assert set(harness.stored()) == {"limit-charge", "pause-emails"}
+
+    # An intruder clears a retained message (the broker takes it; it can't be signed)
+    harness.clear("pause-emails")
+    harness.started(f"{harness.prefix}-new")
+
+    assert set(harness.stored()) == {"limit-charge", "pause-emails"}
+    [warning] = records(caplog, logging.WARNING, "only a signed tombstone removes one")
+    assert "(pause-emails)" in warning.getMessage()
 
 
 def test_a_fresh_session_with_an_empty_retained_burst_keeps_what_is_stored(

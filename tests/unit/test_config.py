@@ -168,3 +168,9 @@ def test_the_smallest_allowed_values_are_accepted() -> None:
     )
 
     assert (config.lease_seconds, config.sweep_interval, config.max_handoffs) == (0.1, 0.01, 1)
+
+
+def test_the_config_repr_never_shows_a_password() -> None:
+    config = CascadeConfig(redis_url="redis://:s3cret@host/0", mqtt_url="mqtt://u:s3cret@host")
+
+    assert "s3cret" not in repr(config)
