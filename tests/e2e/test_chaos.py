@@ -189,7 +189,7 @@ def test_chaos_soak_runs_every_task_once_within_limits_and_leaks_nothing(
     done = _progress(broker_client, unique_prefix)
 
     # ... one worker is SIGKILLed and replaced ...
-    wait_for(lambda: done() >= total * 0.2, timeout=120, message="20% of the tasks")
+    wait_for(lambda: done() >= total * 0.2, timeout=60 + total / 5, message="20% of the tasks")
     victim_pids = {victim.pid, *victim.child_pids()}
     victim.kill()
     killed_at = time.time()
@@ -197,21 +197,25 @@ def test_chaos_soak_runs_every_task_once_within_limits_and_leaks_nothing(
     workers.append(start_worker(pool="prefork", concurrency=CONCURRENCY))
 
     # ... Mosquitto restarts, while the workers notice it is gone ...
-    wait_for(lambda: done() >= total * 0.45, timeout=120, message="45% of the tasks")
+    wait_for(lambda: done() >= total * 0.45, timeout=60 + total / 5, message="45% of the tasks")
     disconnects = _log_count(workers, "MQTT disconnected")
     mosquitto_server.stop()
     wait_for(lambda: _log_count(workers, "MQTT disconnected") > disconnects, timeout=30)
     mosquitto_server.start()
 
     # ... and cascade's Redis crashes while tasks arrive, and comes back (AOF)
-    wait_for(lambda: done() >= total * 0.7, timeout=120, message="70% of the tasks")
+    wait_for(lambda: done() >= total * 0.7, timeout=60 + total / 5, message="70% of the tasks")
     outages = _log_count(workers, "constraint listener:")
     redis_server.kill()
     wait_for(lambda: _log_count(workers, "constraint listener:") > outages, timeout=30)
     redis_server.start()
 
     # Then every task settles: it ends, or it was lost with the killed worker
-    wait_for(lambda: done() >= total - CONCURRENCY - 1, timeout=300, message="the tasks to end")
+    wait_for(
+        lambda: done() >= total - CONCURRENCY - 1,
+        timeout=120 + total / 5,
+        message="the tasks to end",
+    )
     chaos.finish()
     cascade_client = redis_server.client()
     in_flight: dict[str, object] = {}
