@@ -24,6 +24,8 @@ import redis
 from celery import Celery
 
 from cascade_celery import Cascade, GatedTask
+from cascade_celery.pools.resources import ResourceManager
+from cascade_celery.runtime import Runtime
 
 MODE = os.environ.get("CASCADE_SUITE_MODE", "task_cls")
 LIMIT = os.environ.get("CASCADE_SUITE_LIMIT")
@@ -66,18 +68,51 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"CASCADE_SUITE_MODE must be task_cls, gate_all or off: {MODE!r}")
     if MODE != "off":
         config.pluginmanager.register(GatedFixtures(), "cascade-gated-fixtures")
+        _count_in_redis()
+
+
+def _count_in_redis() -> None:
+    """Count gate calls, leases and parks in the worker's processes (they fork from this one).
+
+    Measured in cascade's Redis (``cascade-suite:*`` keys), read back by the summary.
+    """
+    gate, try_acquire, park = Runtime.gate, ResourceManager.try_acquire, ResourceManager.park
+
+    def counted_gate(self: Runtime, *args: Any, **kwargs: Any) -> None:
+        self.client.incr("cascade-suite:gated")
+        gate(self, *args, **kwargs)
+
+    def counted_acquire(self: ResourceManager, *args: Any, **kwargs: Any) -> Any:
+        result = try_acquire(self, *args, **kwargs)
+        if result.lease is not None:
+            self.client.incr("cascade-suite:leased")
+        return result
+
+    def counted_park(self: ResourceManager, *args: Any, **kwargs: Any) -> Any:
+        parked, handoffs = park(self, *args, **kwargs)
+        if parked:
+            self.client.incr("cascade-suite:parked")
+        return parked, handoffs
+
+    Runtime.gate = counted_gate  # type: ignore[method-assign]
+    ResourceManager.try_acquire = counted_acquire  # type: ignore[method-assign]
+    ResourceManager.park = counted_park  # type: ignore[method-assign]
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Evidence that tasks were gated: GatedTask count, and cascade's Lua calls in Redis."""
+    """Evidence that tasks were gated: how many tasks are GatedTask, and what the gate did."""
     for app in _SESSION_APPS:
         tasks = list(app.tasks.values())
         gated = sum(isinstance(task, GatedTask) for task in tasks)
-        client = redis.Redis.from_url(app.conf.broker_url)
-        scripts = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        client = redis.Redis.from_url(Cascade.for_app(app).config.redis_url)
+        counts = {
+            name: int(client.get(f"cascade-suite:{name}") or 0)
+            for name in ("gated", "leased", "parked")
+        }
         terminalreporter.write_line(
             f"cascade: {gated} of {len(tasks)} tasks of the worker's app are GatedTask; "
-            f"Redis ran {scripts} cascade scripts (acquire, release, sweep ...)"
+            f"the worker gated {counts['gated']} runs: {counts['leased']} took a lease, "
+            f"{counts['parked']} were parked"
         )
 
 
