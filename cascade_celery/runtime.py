@@ -82,6 +82,7 @@ class Runtime:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._version = -1
+        self._kept_after_loss = False
         self._ready = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -115,9 +116,22 @@ class Runtime:
         self.client.close()
 
     def reload(self) -> None:
-        """Make the local constraint set equal to the shared one."""
+        """Make the local constraint set equal to the shared one.
+
+        If Redis lost the set (restarted without persistence: its version counter is gone),
+        the constraints in force stay until the set is stored again (by the MQTT listener,
+        or an operator), rather than every task running ungated meanwhile.
+        """
         with self._reload_lock:
             version, constraints = self.store.load()
+            if version == 0 and self._version > 0 and not self.store.has_history():
+                if not self._kept_after_loss:
+                    logger.warning("cascade: Redis lost the constraint set; keeping the %d "
+                                   "in force until it is stored again",
+                                   len(self.manager.active()))  # fmt: skip
+                self._kept_after_loss = True
+                return
+            self._kept_after_loss = False
             self.manager.replace_all(constraints)
             self._version = version
             self._report_applied()
