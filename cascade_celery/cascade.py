@@ -19,7 +19,8 @@ from functools import cached_property
 from typing import Any
 
 import redis
-from celery import Celery
+from celery import Celery, Task
+from kombu.utils.imports import symbol_by_name
 
 from cascade_celery.config import CascadeConfig, redact_url
 from cascade_celery.constraints.handlers import default_handlers
@@ -46,6 +47,11 @@ class Cascade:
     def __init__(self, app: Celery, *, gate_all: bool = False) -> None:
         if getattr(app, _ATTRIBUTE, None) is not None:
             raise ConfigurationError(f"cascade is already installed on app {app.main!r}")
+        if gate_all and app.finalized:
+            raise ConfigurationError(
+                "gate_all=True must be set before the app is finalized (before tasks are "
+                f"created); or pass task_cls={GATED_TASK!r} to Celery()"
+            )
         self.app = app
         self._lock = threading.Lock()
         self._runtime: Runtime | None = None
@@ -309,10 +315,19 @@ def default_id(type_: str, scope: str) -> str:
 
 
 def _gate_all(app: Celery) -> None:
-    if app.finalized:
-        raise ConfigurationError(
-            "gate_all=True must be set before the app is finalized (before tasks are created); "
-            f"or pass task_cls={GATED_TASK!r} to Celery()"
-        )
-    app.task_cls = GATED_TASK
+    """Make GatedTask the base of every task ``app`` creates, keeping a custom base's code.
+
+    A custom ``task_cls`` (the user's, or ``DjangoTask`` that Celery's Django fix-up sets)
+    is combined with GatedTask rather than replaced.
+    """
+    from cascade_celery.task import GatedTask  # here: task.py imports this module
+
+    base = symbol_by_name(app.task_cls)
+    if issubclass(base, GatedTask):
+        return
+    if base is Task:
+        app.task_cls = GATED_TASK
+    else:
+        app.task_cls = type(f"Gated{base.__name__}", (GatedTask, base),
+                            {"__module__": base.__module__})  # fmt: skip
     app.__dict__.pop("Task", None)  # drop the cached base class so the new one is used

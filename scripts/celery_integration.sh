@@ -17,16 +17,19 @@ work="${CASCADE_SUITE_DIR:-$(mktemp -d -t cascade-celery-suite.XXXXXX)}"
 mkdir -p "$work"
 python="${PYTHON:-python3}"
 
-# One venv for the run: this package, the same Celery version as the project's venv, and
-# the test plugins Celery's integration suite uses.
+# One venv for the run: this package, the Celery version of the project's venv (if any),
+# and the test plugins Celery's integration suite uses.
 if [[ ! -x "$work/venv/bin/python" ]]; then
     "$python" -m venv "$work/venv"
 fi
-version="$("$repo/.venv/bin/python" -c 'import celery; print(celery.__version__)' 2>/dev/null \
-           || "$work/venv/bin/python" -c 'import celery; print(celery.__version__)')"
-"$work/venv/bin/pip" install -q -e "$repo" "celery[redis]==$version" pytest pytest-celery \
+pin=""
+if [[ -x "$repo/.venv/bin/python" ]]; then
+    pin="==$("$repo/.venv/bin/python" -c 'import celery; print(celery.__version__)')"
+fi
+"$work/venv/bin/pip" install -q -e "$repo" "celery[redis]$pin" pytest pytest-celery \
     pytest-rerunfailures pytest-timeout pytest-subtests pytest-order python-dateutil \
     cryptography pydantic
+version="$("$work/venv/bin/python" -c 'import celery; print(celery.__version__)')"
 
 src="$work/celery-$version"
 if [[ ! -d "$src/t/integration" ]]; then
