@@ -140,8 +140,11 @@ def publish(
     declare: list[Queue] = []
     if via_handoff_queue and message.get("queue"):
         headers[ROUTE_HEADER] = [exchange, routing_key]
-        exchange = routing_key = handoff_queue(message["queue"])
-        declare.append(handoff_entity(exchange))
+        routing_key = handoff_queue(message["queue"])
+        declare.append(handoff_entity(routing_key))
+        # Through the default exchange, which routes by queue name: the Redis transport
+        # then skips the binding lookup (one round trip) on every hand-off.
+        exchange = ""
     elif not exchange and routing_key in app.amqp.queues:
         declare.append(app.amqp.queues[routing_key])
     if countdown is not None:
