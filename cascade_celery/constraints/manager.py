@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cascade_celery.constraints.handlers.base import ConstraintHandler
+from cascade_celery.constraints.index import ConstraintIndex
 from cascade_celery.constraints.model import Constraint, TaskInfo
 from cascade_celery.errors import ConfigurationError, InvalidConstraint
 
@@ -59,6 +60,7 @@ class ConstraintManager:
         self._clock = clock
         self._lock = threading.RLock()
         self._active: dict[str, Constraint] = {}
+        self._index = ConstraintIndex()
         self._defaults: dict[str, int] = {}
         self.on_pools_changed = on_pools_changed
         #: Bumped on every change; lets a caller notice a change it raced with.
@@ -89,6 +91,7 @@ class ConstraintManager:
             if old == constraint:
                 return
             self._active[constraint.id] = constraint
+            self._index.put(constraint, self._handlers[constraint.type].pool_capacities(constraint))
             self.version += 1
             changed = self._pools_of(constraint)
             if old is not None:
@@ -103,6 +106,7 @@ class ConstraintManager:
             old = self._active.pop(constraint_id, None)
             if old is None:
                 return None
+            self._index.discard(constraint_id)
             self.version += 1
             self._handlers[old.type].on_constraint_remove(old)
         self._notify(self._pools_of(old))
@@ -157,18 +161,15 @@ class ConstraintManager:
         requirements: dict[str, int] = dict(task.resources)
         denied_by: Constraint | None = None
         with self._lock:
-            active = list(self._active.values())
-            for constraint in active:
-                if constraint.is_expired(now) or not constraint.scope.matches(task):
+            for constraint in self._index.matching(task):
+                if constraint.is_expired(now):
                     continue
                 handler = self._handlers[constraint.type]
                 if not handler.check_permission(constraint, task):
                     holds[handler.hold_pool(constraint)] = 1
                     denied_by = denied_by or constraint
                 handler.append_requirements(constraint, task, requirements)
-            capacities = {
-                pool: self._capacity_of(pool, active, now) for pool in (*holds, *requirements)
-            }
+            capacities = {pool: self._capacity_of(pool, now) for pool in (*holds, *requirements)}
         # Unlimited pools gate nothing; held pools come first so a denial wins.
         pools = tuple(holds.items()) + tuple(
             (pool, units)
@@ -182,16 +183,14 @@ class ConstraintManager:
     def capacity_of(self, pool: str) -> int | None:
         """The pool's capacity in this process's view (None: unlimited)."""
         with self._lock:
-            return self._capacity_of(pool, list(self._active.values()), self._clock())
+            return self._capacity_of(pool, self._clock())
 
     def knows(self, pool: str) -> bool:
         """Whether an active constraint or a code default governs ``pool`` here."""
         with self._lock:
             now = self._clock()
             return pool in self._defaults or any(
-                pool in self._handlers[c.type].pool_capacities(c)
-                for c in self._active.values()
-                if not c.is_expired(now)
+                not c.is_expired(now) for c, _ in self._index.capacities(pool)
             )
 
     @property
@@ -200,15 +199,11 @@ class ConstraintManager:
         with self._lock:
             return dict(self._defaults)
 
-    def _capacity_of(self, pool: str, active: list[Constraint], now: float) -> int | None:
+    def _capacity_of(self, pool: str, now: float) -> int | None:
         capacities = [
             capacity
-            for constraint in active
+            for constraint, capacity in self._index.capacities(pool)
             if not constraint.is_expired(now)
-            for name, capacity in self._handlers[constraint.type]
-            .pool_capacities(constraint)
-            .items()
-            if name == pool
         ]
         if capacities:
             return min(capacities)
