@@ -34,7 +34,7 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError(f"benchmark: timed out waiting for {what}")
-        time.sleep(0.001)
+        time.sleep(0.05)
 
 
 # -- 1. gate overhead ------------------------------------------------------------------------

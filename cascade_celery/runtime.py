@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.backends.base import DisabledBackend
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Reject
 
 from cascade_celery.config import CascadeConfig
 from cascade_celery.constraints.handlers import default_handlers
@@ -151,31 +151,34 @@ class Runtime:
 
     # -- the gate -------------------------------------------------------------------------
 
-    def gate(self, task: Task, info: TaskInfo, args: Any, kwargs: Any) -> None:
-        """Return if ``task`` may run now (holding its lease); else park it and raise Ignore."""
-        task_id = task.request.id
+    def gate(self, task: Task, request: Any, info: TaskInfo, args: Any, kwargs: Any) -> int | None:
+        """Admit an execution of ``task`` (``request``: its Context) or park it.
+
+        Return the constraint-set version it was admitted under (holding its lease),
+        or None when it was parked or sent back to the broker: that execution ends
+        there. Raise Reject when it could be neither run nor sent back.
+        """
+        task_id = request.id
+        reserved_in = parking.handed_off_from(request)
         try:
             self.ensure_ready()
             for _ in range(_ATTEMPTS):
                 version = self.manager.version
                 decision = self.manager.evaluate(info)
                 if decision.is_free:
-                    self._give_back(task_id, parking.handed_off_from(task.request))
-                    return
+                    self._give_back(task_id, reserved_in)
+                    return version
                 result = self.resources.try_acquire(
-                    task_id,
-                    decision.pools,
-                    decision.capacities,
-                    handed_off_from=parking.handed_off_from(task.request),
+                    task_id, decision.pools, decision.capacities, handed_off_from=reserved_in
                 )
                 self.publish_handoffs(result.handoffs)
                 if result.lease is not None:
                     self._leases[task_id, threading.get_ident()] = result.lease
                     crash_point("after_acquire")
-                    return
+                    return version
                 pool = str(result.blocked_pool)
                 units = dict(decision.pools)[pool]
-                payload = parking.capture(task, args, kwargs, info.queue)
+                payload = parking.capture(task, request, args, kwargs, info.queue)
                 parked, handoffs = self.resources.park(
                     task_id, pool, units, decision.capacities[pool], payload
                 )
@@ -185,12 +188,15 @@ class Runtime:
                         # A change raced with this decision (e.g. the pause ended):
                         # sweep the pool so the task isn't left behind.
                         self._pools_changed({pool})
-                    self._mark_deferred(task, pool, decision.denied_by is not None)
-                    raise Ignore()
+                    self._mark_deferred(task, request, pool, decision.denied_by is not None)
+                    logger.info("Task %s[%s] ignored: parked in %s", task.name, task_id, pool)
+                    return None
         except REDIS_DOWN as exc:
-            self._back_off(task, info, args, kwargs, exc)
+            self._back_off(task, request, info, args, kwargs, exc)
+            return None
         # Contended beyond reason: go back to the broker rather than spin.
-        self._back_off(task, info, args, kwargs, None)
+        self._back_off(task, request, info, args, kwargs, None)
+        return None
 
     def _give_back(self, task_id: str, pool: str | None) -> None:
         """A task that needs no pool returns the reservation it was handed off with.
@@ -277,43 +283,49 @@ class Runtime:
             pending, self._unconfirmed = self._unconfirmed, []
         self._confirm(pending)
 
-    def _mark_deferred(self, task: Task, pool: str, paused: bool) -> None:
-        if task.request.ignore_result or isinstance(task.backend, DisabledBackend):
+    def _mark_deferred(self, task: Task, request: Any, pool: str, paused: bool) -> None:
+        if request.ignore_result or isinstance(task.backend, DisabledBackend):
             return
         meta = {"pool": pool, "reason": "paused" if paused else "limit", "since": time.time()}
         try:
-            task.backend.store_result(task.request.id, meta, DEFERRED, request=task.request)
+            task.backend.store_result(request.id, meta, DEFERRED, request=request)
         except Exception as exc:
-            logger.warning("cascade: could not record DEFERRED for %s: %s", task.request.id, exc)
+            logger.warning("cascade: could not record DEFERRED for %s: %s", request.id, exc)
 
     def _back_off(
-        self, task: Task, info: TaskInfo, args: Any, kwargs: Any, exc: Exception | None
+        self,
+        task: Task,
+        request: Any,
+        info: TaskInfo,
+        args: Any,
+        kwargs: Any,
+        exc: Exception | None,
     ) -> None:
-        attempts = int((task.request.headers or {}).get(RETRY_HEADER, 0)) + 1
+        """Send the execution back to the broker with a delay; Reject if that fails."""
+        attempts = int((request.headers or {}).get(RETRY_HEADER, 0)) + 1
         delay = min(
             self.config.redis_retry_max_delay,
             self.config.redis_retry_delay * 2 ** min(attempts - 1, 16),
         )
         reason = f"Redis unreachable ({exc})" if exc else "contended"
         headers: dict[str, object] = {RETRY_HEADER: attempts}
-        reserved_in = parking.handed_off_from(task.request)
+        reserved_in = parking.handed_off_from(request)
         if reserved_in is not None:  # a reservation it may still hold: give it back later
             headers[parking.HANDOFF_POOL_HEADER] = reserved_in
         logger.warning(
             "cascade: %s[%s] not started: %s; back to the broker in %.1fs (attempt %d)",
-            task.name, task.request.id, reason, delay, attempts,
+            task.name, request.id, reason, delay, attempts,
         )  # fmt: skip
         try:
             parking.publish(
                 self.app,
-                parking.capture(task, args, kwargs, info.queue),
+                parking.capture(task, request, args, kwargs, info.queue),
                 countdown=delay,
                 headers=headers,
             )
         except Exception as publish_exc:
-            logger.error("cascade: could not re-publish %s: %s", task.request.id, publish_exc)
+            logger.error("cascade: could not re-publish %s: %s", request.id, publish_exc)
             raise Reject(publish_exc, requeue=True) from publish_exc
-        raise Ignore()
 
     # -- capacity changes and sweeps -----------------------------------------------------
 

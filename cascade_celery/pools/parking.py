@@ -69,12 +69,11 @@ def original_route(request: Any) -> tuple[str, str]:
     return str(delivery.get("exchange") or ""), str(delivery.get("routing_key") or "")
 
 
-def capture(task: Task, args: Any, kwargs: Any, queue: str | None) -> bytes:
-    """Serialize the message of the task now executing (``task.request``).
+def capture(task: Task, request: Any, args: Any, kwargs: Any, queue: str | None) -> bytes:
+    """Serialize the message of an execution of ``task`` (``request``: its Context).
 
     ``queue`` is the queue it was routed to, used to pick its hand-off queue.
     """
-    request = task.request
     attributes = vars(request)
     headers = {name: attributes[name] for name in _HEADERS if name in attributes}
     headers.update(request.headers or {})

@@ -18,19 +18,11 @@ import redis
 from celery import Celery
 
 from cascade_celery import Cascade, GatedTask
-
-#: Where ``gated.soak`` keeps the manager version seen before its gate ran.
-_VERSION_BEFORE_GATE = "cascade_test_version"
+from cascade_celery.task import GATED
 
 
 class ViewedTask(GatedTask):
     """A gated task that can tell which constraint view its gate decided with."""
-
-    def before_start(self, task_id: str, args: object, kwargs: object) -> None:
-        """Note the process's constraint version, then gate."""
-        manager = Cascade.for_app(self.app).runtime().manager
-        setattr(self.request, _VERSION_BEFORE_GATE, manager.version)
-        super().before_start(task_id, args, kwargs)
 
     def gate_view(self) -> dict[str, object]:
         """The view this run was admitted with: capacities, and whether it was held.
@@ -40,7 +32,7 @@ class ViewedTask(GatedTask):
         """
         manager = Cascade.for_app(self.app).runtime().manager
         decision = manager.evaluate(self.cascade_info(self.request))
-        before = getattr(self.request, _VERSION_BEFORE_GATE, None)
+        before = getattr(self.request, GATED, None)  # the version it was admitted under
         return {
             "capacities": dict(decision.capacities),
             "held": decision.denied_by is not None,
