@@ -27,7 +27,7 @@ def events_key(prefix: str) -> str:
 
 
 def done_key(prefix: str) -> str:
-    """The counter of finished untimed tasks."""
+    """The counter of finished untimed tasks (a hash: ``count``, ``first``, ``last``)."""
     return f"{prefix}:done"
 
 
@@ -58,33 +58,53 @@ def make_app(env: Mapping[str, str]) -> Celery:
             clients[pid] = redis.Redis.from_url(broker)
         return clients[pid]
 
+    def done() -> None:
+        """Count a finished untimed task and note when (one round trip)."""
+        now, key = time.time(), done_key(prefix)
+        pipe = record().pipeline(transaction=False)
+        pipe.hincrby(key, "count", 1)
+        pipe.hsetnx(key, "first", now)
+        pipe.hset(key, "last", now)
+        pipe.execute()
+
     def note(seq: int, start: float, end: float, retries: int = 0) -> None:
         event = {"seq": seq, "start": start, "end": end, "retries": retries, "pid": os.getpid()}
         record().rpush(events_key(prefix), json.dumps(event))
 
     @app.task(base=Task, name="bench.plain_noop", shared=False)
     def plain_noop() -> None:
-        record().incr(done_key(prefix))
+        done()
 
     @app.task(base=GatedTask, name="bench.gated_noop", shared=False)
     def gated_noop() -> None:
-        record().incr(done_key(prefix))
+        done()
 
     @app.task(base=Task, name="bench.plain_sleep", shared=False)
     def plain_sleep(seconds: float) -> None:
         time.sleep(seconds)
-        record().incr(done_key(prefix))
+        done()
 
     @app.task(base=GatedTask, name="bench.gated_sleep", shared=False)
     def gated_sleep(seconds: float) -> None:
         time.sleep(seconds)
-        record().incr(done_key(prefix))
+        done()
 
     @app.task(base=GatedTask, name="bench.gated_timed", shared=False)
     def gated_timed(seq: int, seconds: float) -> None:
         start = time.time()
         time.sleep(seconds)
         note(seq, start, time.time())
+
+    @app.task(base=Task, bind=True, name="bench.relay", shared=False)
+    def relay(self: Any, seq: int, seconds: float, step: int, last: int) -> None:
+        """Plain Celery's own hand-off: at its end a task publishes the next of its chain
+        (``seq + step``), as cascade publishes a parked task when a slot frees."""
+        start = time.time()
+        time.sleep(seconds)
+        end = time.time()
+        note(seq, start, end)
+        if seq + step <= last:
+            self.app.send_task("bench.relay", args=(seq + step, seconds, step, last))
 
     @app.task(base=Task, name="bench.filler", shared=False)
     def filler(seconds: float) -> None:

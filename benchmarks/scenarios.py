@@ -30,6 +30,7 @@ Result = dict[str, Any]
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate``, slowly: the driver shares the cores it measures."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -44,19 +45,18 @@ def _throughput(c: Cluster, app: Celery, task: str, args: tuple[Any, ...], n: in
     """Tasks per second of one worker draining a queue of ``n`` ``task`` messages.
 
     The queue is filled while the worker doesn't consume it; timing runs from the first
-    task done to the last, so publishing and the consume broadcast are not counted.
+    task done to the last (as the tasks note them), so publishing and the consume
+    broadcast are not counted.
     """
-    client, queue = c.client(), f"{c.prefix}-drain-{uuid.uuid4().hex[:6]}"
-    client.delete(done_key(c.prefix))
+    client, queue, key = c.client(), f"{c.prefix}-drain-{uuid.uuid4().hex[:6]}", done_key(c.prefix)
+    client.delete(key)
     for _ in range(n):
         app.send_task(task, args=args, queue=queue)
     app.control.add_consumer(queue, destination=[w.nodename + "@" + _host() for w in c.workers])
-    _wait(lambda: int(client.get(done_key(c.prefix)) or 0) >= 1, 60, "the first task")
-    first = time.perf_counter()
-    _wait(lambda: int(client.get(done_key(c.prefix)) or 0) >= n, 600, f"{n} tasks")
-    elapsed = time.perf_counter() - first
+    _wait(lambda: int(client.hget(key, "count") or 0) >= n, 600, f"{n} tasks")
     app.control.cancel_consumer(queue, destination=[w.nodename + "@" + _host() for w in c.workers])
-    return (n - 1) / elapsed
+    first, last = (float(client.hget(key, field) or 0) for field in ("first", "last"))
+    return (n - 1) / (last - first)
 
 
 def _host() -> str:
@@ -101,14 +101,19 @@ def overhead(runs: int, n: int) -> Result:
 
 def _timed_run(
     c: Cluster, app: Celery, task: str, extra: tuple[Any, ...], n: int, seconds: float,
-    backlog: int = 0,
+    backlog: int = 0, chains: int = 0,
 ) -> list[dict[str, Any]]:  # fmt: skip
+    """Publish ``n`` timed tasks at once (or ``chains`` relay chains that run ``n`` in
+    all); return their recorded executions once all ran and the backlog drained."""
     client = c.client()
     client.delete(events_key(c.prefix))
     published = {}
     for seq in range(n):
         published[seq] = time.time()
-        app.send_task(task, args=(seq, seconds, *extra))
+        if chains and seq < chains:
+            app.send_task(task, args=(seq, seconds, chains, n - 1))
+        elif not chains:
+            app.send_task(task, args=(seq, seconds, *extra))
     for _ in range(backlog):
         app.send_task("bench.filler", args=(0.01,))
     _wait(lambda: client.llen(events_key(c.prefix)) >= n, 600, f"{n} timed tasks")
@@ -149,9 +154,12 @@ def _handoff_latencies(events: list[dict[str, Any]], limit: int) -> list[float]:
 
 
 def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Result:
-    """Ours vs the peer (countdown 1 s and 0.1 s) under a binding limit, and with a backlog."""
+    """Ours vs the peer (countdown 1 s and 0.1 s) under a binding limit, and with a backlog;
+    and the floor plain Celery sets: ``limit`` chains of plain tasks, each publishing the
+    next when it ends (no limit at all, just the broker's publish-to-start latency)."""
     variants: dict[str, list[Result]] = {}
     latencies: list[float] = []
+    floor_latencies: list[float] = []
     with cluster() as (c, app):
         Cascade.for_app(app).limit("task:bench.gated_timed", limit)
         c.start_workers(2, concurrency=4)
@@ -164,6 +172,11 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
                 variants.setdefault(f"peer_countdown_{countdown:g}s", []).append(
                     _utilization(peer, limit, seconds)
                 )
+            relay = _timed_run(c, app, "bench.relay", (), n, seconds, chains=limit)
+            variants.setdefault("celery_relay_floor", []).append(
+                _utilization(relay, limit, seconds)
+            )
+            floor_latencies += _handoff_latencies(relay, limit)
             backlog = _timed_run(c, app, "bench.gated_timed", (), n, seconds, backlog=10 * n)
             variants.setdefault("cascade_with_backlog", []).append(
                 _utilization(backlog, limit, seconds)
@@ -178,11 +191,20 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
         result[f"makespan_ratio_vs_peer_{countdown}s"] = summary(
             [a / b for a, b in zip(ours, peer, strict=True)]
         )
-    result["handoff_latency_ms"] = {
-        "p50": 1000 * percentile(latencies, 50),
-        "p99": 1000 * percentile(latencies, 99),
-        "samples": float(len(latencies)),
-    }
+    for name, values in (
+        ("handoff_latency_ms", latencies),
+        ("celery_relay_latency_ms", floor_latencies),
+    ):
+        result[name] = {
+            "p50": 1000 * percentile(values, 50),
+            "p99": 1000 * percentile(values, 99),
+            "samples": float(len(values)),
+        }
+    ours = [r["makespan_s"] for r in variants["cascade"]]
+    floor = [r["makespan_s"] for r in variants["celery_relay_floor"]]
+    result["makespan_ratio_vs_celery_relay_floor"] = summary(
+        [a / b for a, b in zip(ours, floor, strict=True)]
+    )
     result["n"], result["task_seconds"], result["limit"] = n, seconds, limit
     return result
 
