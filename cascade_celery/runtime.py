@@ -214,12 +214,19 @@ class Runtime:
                            "expires with its lease", task_id, pool, exc)  # fmt: skip
 
     def release(self, task_id: str) -> None:
-        """Give back the lease of a task that ended (any state) in this thread; the
-        releaser thread does the Redis part."""
+        """Give back the lease of a task that ended (any state) in this thread.
+
+        A contended pool's room goes to the next waiter at once, here; otherwise the
+        releaser thread does the Redis part, so the next task doesn't wait for it.
+        """
         lease = self._leases.pop((task_id, threading.get_ident()), None)
         if lease is not None:
             crash_point("before_release")
-            self._releases.put((lease, time.monotonic() + self.config.lease_seconds))
+            expires = time.monotonic() + self.config.lease_seconds
+            if lease.contended:
+                self._release(lease, expires)
+            else:
+                self._releases.put((lease, expires))
 
     def _release_ended(self) -> None:
         while (item := self._releases.get()) is not None:

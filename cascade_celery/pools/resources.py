@@ -19,11 +19,16 @@ from cascade_celery.pools.scripts import Handoff, Outcome, Scripts
 
 @dataclass(frozen=True)
 class Lease:
-    """A running task's hold on units of one or more pools."""
+    """A running task's hold on units of one or more pools.
+
+    ``contended``: one of the pools was full or had waiters when it was acquired, so
+    its release likely hands the room to a waiter (worth doing at once).
+    """
 
     task_id: str
     member: str
     pools: tuple[tuple[str, int], ...]
+    contended: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,8 @@ class ResourceManager:
         )
         handoffs = self._resolve([*names, *stale], outcome)
         if outcome.status == 1:
-            return AcquireResult(Lease(task_id, member, tuple(pools)), None, handoffs)
+            lease = Lease(task_id, member, tuple(pools), contended=outcome.detail == 1)
+            return AcquireResult(lease, None, handoffs)
         return AcquireResult(None, names[outcome.detail - 1], handoffs)
 
     def park(

@@ -96,7 +96,8 @@ class Scripts:
         max_handoffs: int,
         release_reservations_in: Sequence[PoolKeys] = (),
     ) -> Outcome:
-        """All-or-none acquire; status 1 acquired, else detail is the blocking pool (1-based).
+        """All-or-none acquire; status 1 acquired (detail 1: a pool is contended), else
+        detail is the blocking pool (1-based).
 
         ``release_reservations_in``: pools the task was handed off from but no longer
         needs; its reservations there go to the next waiter.

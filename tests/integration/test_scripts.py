@@ -116,6 +116,21 @@ def test_acquire_succeeds_up_to_capacity_then_blocks(pools: Pools, rm: ResourceM
     assert sorted(pools.holders("p")) == sorted([first.lease.member, second.lease.member])
 
 
+def test_a_lease_says_whether_its_pool_was_contended(rm: ResourceManager) -> None:
+    # Room to spare: not contended (released in the background)
+    assert not hold(rm, "t1", {"p": 3}).contended
+    assert not hold(rm, "u1", {"unlimited": None}).contended
+    # The last slot, or a pool with waiters: contended (released at once, to hand off)
+    holder = hold(rm, "t2", {"p": 2})
+    assert holder.contended
+    park(rm, "w1", "p", 2)
+    park(rm, "w2", "p", 2)
+    rm.release(holder)  # w1 is handed off; w2 still waits
+    handed_off = rm.try_acquire("w1", [("p", 1)], {"p": 2}, handed_off_from="p")
+    assert handed_off.lease is not None
+    assert handed_off.lease.contended
+
+
 def test_a_lease_records_what_it_holds(rm: ResourceManager) -> None:
     lease = hold(rm, "t1", {"a": 3, "b": None}, a=2)
 

@@ -24,7 +24,8 @@
     ARGV[7 + 2*(i-1)]       units of required pool i the task needs
 
   Output:
-    {1, 0, handoffs...}        acquired every pool
+    {1, c, handoffs...}        acquired every pool; c = 1 when one of them is contended
+                               (full now, or tasks wait in it), else 0
     {0, i, handoffs...}        blocked at pool i; the caller parks the task there
     handoffs: (pool index, task id, payload) triples to publish, then confirm
 ]]
@@ -94,6 +95,10 @@ for i = 1, pool_count do
   add_used(k, units - (reserved or 0))
   redis.call('ZADD', k.holders, now + ttl_ms, lease_member)
   redis.call('HSET', k.units, lease_member, units)
+  local capacity = capacity_of(k)
+  if (capacity ~= nil and used_of(k) >= capacity) or redis.call('ZCARD', k.waiters) > 0 then
+    out[2] = 1
+  end
 end
 out[1] = 1
 return out
