@@ -163,6 +163,12 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
     with cluster() as (c, app):
         Cascade.for_app(app).limit("task:bench.gated_timed", limit)
         c.start_workers(2, concurrency=4)
+        # Warm every process up first (imports, connections, first-call paths), the
+        # same for every variant: measured runs compare steady states.
+        _timed_run(c, app, "bench.gated_timed", (), 8 * limit, seconds)
+        for countdown in (1.0, 0.1):
+            _timed_run(c, app, "bench.peer_timed", (countdown,), 8 * limit, seconds)
+        _timed_run(c, app, "bench.relay", (), 8 * limit, seconds, chains=limit)
         for _ in range(runs):
             ours = _timed_run(c, app, "bench.gated_timed", (), n, seconds)
             variants.setdefault("cascade", []).append(_utilization(ours, limit, seconds))

@@ -44,6 +44,8 @@ RETRY_HEADER = "cascade_redis_attempts"
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
               redis.exceptions.ReadOnlyError)  # fmt: skip
 _ATTEMPTS = 5
+#: Seconds a pool seen contended is treated as likely to block the next task.
+_CONTENTION_MEMORY = 1.0
 
 
 class Runtime:
@@ -75,6 +77,9 @@ class Runtime:
         self._unreleased: dict[str, tuple[Lease, float]] = {}
         self._releases: queue.Queue[tuple[Lease, float] | None] = queue.Queue()
         self._unconfirmed: list[PoolHandoff] = []
+        #: Pools seen full or with a line lately (until when): a task for one of them
+        #: sends its message with the acquire, to park in the same round trip.
+        self._contended: dict[str, float] = {}
         self._unconfirmed_lock = threading.Lock()
         self._defaults_key = pool_defaults(config.redis_prefix)
         self._reload_lock = threading.Lock()
@@ -96,6 +101,7 @@ class Runtime:
                 return
             self._publish_defaults()
             self.reload()
+            self._connect_publisher()
             threads = (("listener", self._listen), ("releaser", self._release_ended),
                        ("keeper", self._keep))  # fmt: skip
             for name, target in threads:
@@ -103,6 +109,15 @@ class Runtime:
                 thread.start()
                 self._threads.append(thread)
             self._ready = True
+
+    def _connect_publisher(self) -> None:
+        """Open this process's broker connection for hand-offs now, so the first one
+        doesn't wait for a connect (tens of ms). Best effort: publishing connects anyway."""
+        try:
+            with self.app.producer_or_acquire() as producer:
+                producer.connection.ensure_connection(max_retries=1)
+        except Exception as exc:
+            logger.debug("cascade: could not connect to the broker yet: %s", exc)
 
     def stop(self) -> None:
         """Stop the threads and close connections; leases left are reaped after they expire."""
@@ -168,21 +183,31 @@ class Runtime:
                 if decision.is_free:
                     self._give_back(task_id, reserved_in)
                     return version
+                # Likely blocked (held, or its pool was contended lately): send the
+                # message along, to park it in the same round trip if it is blocked.
+                payload = None
+                if decision.denied_by is not None or self._likely_blocked(dict(decision.pools)):
+                    payload = parking.capture(task, request, args, kwargs, info.queue)
                 result = self.resources.try_acquire(
-                    task_id, decision.pools, decision.capacities, handed_off_from=reserved_in
-                )
+                    task_id, decision.pools, decision.capacities, handed_off_from=reserved_in,
+                    park_with=payload,
+                )  # fmt: skip
                 self.publish_handoffs(result.handoffs)
                 if result.lease is not None:
+                    self._note_contention(dict(decision.pools), result.lease.contended)
                     self._leases[task_id, threading.get_ident()] = result.lease
                     crash_point("after_acquire")
                     return version
                 pool = str(result.blocked_pool)
-                units = dict(decision.pools)[pool]
-                payload = parking.capture(task, request, args, kwargs, info.queue)
-                parked, handoffs = self.resources.park(
-                    task_id, pool, units, decision.capacities[pool], payload
-                )
-                self.publish_handoffs(handoffs)
+                self._note_contention([pool], True)
+                parked = result.parked
+                if payload is None:
+                    units = dict(decision.pools)[pool]
+                    payload = parking.capture(task, request, args, kwargs, info.queue)
+                    parked, handoffs = self.resources.park(
+                        task_id, pool, units, decision.capacities[pool], payload
+                    )
+                    self.publish_handoffs(handoffs)
                 if parked:
                     if self.manager.version != version:
                         # A change raced with this decision (e.g. the pause ended):
@@ -197,6 +222,19 @@ class Runtime:
         # Contended beyond reason: go back to the broker rather than spin.
         self._back_off(task, request, info, args, kwargs, None)
         return None
+
+    def _likely_blocked(self, pools: Iterable[str]) -> bool:
+        now = time.monotonic()
+        return any(self._contended.get(pool, 0.0) > now for pool in pools)
+
+    def _note_contention(self, pools: Iterable[str], contended: bool) -> None:
+        """Remember for a while which pools were full or had a line, in this process."""
+        until = time.monotonic() + _CONTENTION_MEMORY
+        for pool in pools:
+            if contended:
+                self._contended[pool] = until
+            else:
+                self._contended.pop(pool, None)
 
     def _give_back(self, task_id: str, pool: str | None) -> None:
         """A task that needs no pool returns the reservation it was handed off with.

@@ -42,11 +42,13 @@ class PoolHandoff:
 
 @dataclass(frozen=True)
 class AcquireResult:
-    """``lease`` when every pool was acquired, else the pool that blocked the task."""
+    """``lease`` when every pool was acquired, else the pool that blocked the task
+    (``parked``: and the task was parked there)."""
 
     lease: Lease | None
     blocked_pool: str | None
     handoffs: tuple[PoolHandoff, ...]
+    parked: bool = False
 
 
 class ResourceManager:
@@ -74,11 +76,13 @@ class ResourceManager:
         capacities: Mapping[str, int | None],
         *,
         handed_off_from: str | None = None,
+        park_with: bytes | None = None,
     ) -> AcquireResult:
         """Acquire ``units`` of every pool, or nothing; never waits.
 
         ``handed_off_from``: the pool whose reservation the task carries; given back if
-        the task no longer needs that pool.
+        the task no longer needs that pool. ``park_with``: the task's payload, to park
+        it where it is blocked in the same round trip.
         """
         names = [name for name, _ in pools]
         self._register(names)
@@ -92,12 +96,13 @@ class ResourceManager:
             lease_seconds=self.lease_seconds,
             max_handoffs=self.max_handoffs,
             release_reservations_in=[pool_keys(self.prefix, name) for name in stale],
+            park_with=park_with,
         )
         handoffs = self._resolve([*names, *stale], outcome)
         if outcome.status == 1:
             lease = Lease(task_id, member, tuple(pools), contended=outcome.detail == 1)
             return AcquireResult(lease, None, handoffs)
-        return AcquireResult(None, names[outcome.detail - 1], handoffs)
+        return AcquireResult(None, names[outcome.detail - 1], handoffs, outcome.status == 2)
 
     def park(
         self, task_id: str, pool: str, units: int, capacity: int | None, payload: bytes

@@ -95,16 +95,20 @@ class Scripts:
         lease_seconds: float,
         max_handoffs: int,
         release_reservations_in: Sequence[PoolKeys] = (),
+        park_with: bytes | None = None,
     ) -> Outcome:
         """All-or-none acquire; status 1 acquired (detail 1: a pool is contended), else
-        detail is the blocking pool (1-based).
+        detail is the blocking pool (1-based), where status 2 says it was parked.
 
         ``release_reservations_in``: pools the task was handed off from but no longer
-        needs; its reservations there go to the next waiter.
+        needs; its reservations there go to the next waiter. ``park_with``: the task's
+        payload, to park it where it is blocked in the same step (status 2).
         """
         args: list[Any] = [task_id, member, _ms(lease_seconds), max_handoffs, len(pools)]
         for capacity, units in requests:
             args += [_capacity_arg(capacity), units]
+        if park_with is not None:
+            args.append(park_with)
         keys = _flatten([*pools, *release_reservations_in])
         return _outcome(self._scripts["acquire"](keys=keys, args=args))
 

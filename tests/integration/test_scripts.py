@@ -255,6 +255,58 @@ def test_park_refuses_when_room_freed_after_the_failed_acquire(
     assert pools.waiting("p") == []
 
 
+def test_acquire_with_a_payload_parks_where_blocked_in_the_same_step(
+    pools: Pools, rm: ResourceManager
+) -> None:
+    # Given a full pool with a waiter
+    holder = hold(rm, "holder", {"a": 5, "p": 1})
+    park(rm, "w1", "p", 1)
+
+    # When a task needing both pools acquires with its payload
+    result = rm.try_acquire("t1", [("a", 1), ("p", 1)], {"a": 5, "p": 1}, park_with=payload("t1"))
+
+    # Then it holds nothing, waits behind w1 in the pool that blocked it, and is handed
+    # off in turn with that payload
+    assert (result.lease, result.blocked_pool, result.parked) == (None, "p", True)
+    assert pools.used("a") == 1
+    assert pools.waiting("p") == ["w1", "t1"]
+    assert ids(rm.release(holder)) == ["w1"]
+    assert pools.is_parked("p", "t1")
+
+
+def test_acquire_with_a_payload_acquires_when_there_is_room(
+    pools: Pools, rm: ResourceManager
+) -> None:
+    result = rm.try_acquire("t1", [("p", 1)], {"p": 2}, park_with=payload("t1"))
+
+    assert result.lease is not None
+    assert not result.parked
+    assert pools.waiting("p") == []
+    assert not pools.is_parked("p", "t1")
+
+
+def test_a_handed_off_task_blocked_by_a_lowered_capacity_parks_again_in_one_step(
+    pools: Pools, rm: ResourceManager
+) -> None:
+    # Given a task handed off from p (holding a reservation there) when p's capacity
+    # has dropped below its use, and no one else waiting in p
+    holder = hold(rm, "holder", {"p": 1})
+    park(rm, "w1", "p", 1)
+    rm.confirm(rm.release(holder))
+    other = hold(rm, "other", {"q": None})
+    rm.update_resource("p", 0)
+
+    # When it acquires with its payload, it is blocked by the new capacity and parks
+    result = rm.try_acquire("w1", [("p", 1)], {"p": 0}, handed_off_from="p",
+                            park_with=payload("w1"))  # fmt: skip
+
+    # Then it waits again in p, its reservation given back
+    assert (result.blocked_pool, result.parked) == ("p", True)
+    assert pools.waiting("p") == ["w1"]
+    assert pools.used("p") == 0
+    rm.release(other)
+
+
 def test_release_hands_the_slot_to_the_parked_waiter_with_its_payload(
     pools: Pools, rm: ResourceManager
 ) -> None:

@@ -11,6 +11,10 @@
   after the first `required` ones are pools the task was handed off from but no
   longer needs: their reservation is given back either way.
 
+  Given the task's message (`payload`), a blocked task is parked where it is blocked in
+  the same step (acquire-or-park: one round trip instead of two), unless giving back
+  its reservations made room there (then the caller acquires again).
+
   Clock: Redis TIME.
 
   Input:
@@ -22,11 +26,13 @@
     ARGV[5]                 required: how many pools (the first ones) the task needs
     ARGV[6 + 2*(i-1)]       required pool i capacity in the caller's view (-1: unlimited)
     ARGV[7 + 2*(i-1)]       units of required pool i the task needs
+    ARGV[6 + 2*required]    optional: payload to park with when blocked
 
   Output:
     {1, c, handoffs...}        acquired every pool; c = 1 when one of them is contended
                                (full now, or tasks wait in it), else 0
     {0, i, handoffs...}        blocked at pool i; the caller parks the task there
+    {2, i, handoffs...}        blocked at pool i, and parked there with the payload
     handoffs: (pool index, task id, payload) triples to publish, then confirm
 ]]
 --- @include "includes/pool"
@@ -85,6 +91,11 @@ if blocked > 0 then
     end
   end
   out[2] = blocked
+  local payload = ARGV[6 + 2 * pool_count]
+  if payload and park_in(pool_keys(blocked), task_id, tonumber(ARGV[7 + 2 * (blocked - 1)]),
+                         payload, now) then
+    out[1] = 2
+  end
   return out
 end
 

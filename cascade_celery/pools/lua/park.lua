@@ -35,20 +35,7 @@ apply_capacity(k, tonumber(ARGV[3]))
 reap(k, now)
 dispatch(k, 1, now, ttl_ms, max_handoffs, out)
 
-if redis.call('ZSCORE', k.waiters, task_id) then
-  redis.call('HSET', k.parked, task_id, payload)
+if park_in(k, task_id, units, payload, now) then
   out[1] = 1
-  return out
 end
-
-local capacity = capacity_of(k)
-local full = capacity ~= nil and used_of(k) + units > capacity
-if not full and redis.call('ZCARD', k.waiters) == 0 then
-  return out
-end
-
-redis.call('ZADD', k.waiters, redis.call('INCR', k.seq), task_id)
-redis.call('HSET', k.parked, task_id, payload)
-redis.call('HSET', k.units, 'r:' .. task_id, units, 'a:' .. task_id, now)
-out[1] = 1
 return out

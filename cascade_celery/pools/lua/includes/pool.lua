@@ -126,3 +126,21 @@ local function dispatch(k, index, now, ttl_ms, max, out)
     end
   end
 end
+
+-- Park a task at the back of the line unless the pool has room for it now (false:
+-- acquire again). One already waiting (a duplicate delivery) keeps its place.
+local function park_in(k, task_id, units, payload, now)
+  if redis.call('ZSCORE', k.waiters, task_id) then
+    redis.call('HSET', k.parked, task_id, payload)
+    return true
+  end
+  local capacity = capacity_of(k)
+  local full = capacity ~= nil and used_of(k) + units > capacity
+  if not full and redis.call('ZCARD', k.waiters) == 0 then
+    return false
+  end
+  redis.call('ZADD', k.waiters, redis.call('INCR', k.seq), task_id)
+  redis.call('HSET', k.parked, task_id, payload)
+  redis.call('HSET', k.units, 'r:' .. task_id, units, 'a:' .. task_id, now)
+  return true
+end
