@@ -156,10 +156,13 @@ def _handoff_latencies(events: list[dict[str, Any]], limit: int) -> list[float]:
 def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Result:
     """Ours vs the peer (countdown 1 s and 0.1 s) under a binding limit, and with a backlog;
     and the floor plain Celery sets: ``limit`` chains of plain tasks, each publishing the
-    next when it ends (no limit at all, just the broker's publish-to-start latency)."""
+    next when it ends (no limit at all, just the broker's publish-to-start latency), which
+    with a backlog waits behind all of it."""
     variants: dict[str, list[Result]] = {}
     latencies: list[float] = []
     floor_latencies: list[float] = []
+    backlog_latencies: list[float] = []
+    relay_backlog_latencies: list[float] = []
     with cluster() as (c, app):
         Cascade.for_app(app).limit("task:bench.gated_timed", limit)
         c.start_workers(2, concurrency=4)
@@ -187,6 +190,12 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
             variants.setdefault("cascade_with_backlog", []).append(
                 _utilization(backlog, limit, seconds)
             )
+            backlog_latencies += _handoff_latencies(backlog, limit)
+            relay = _timed_run(c, app, "bench.relay", (), n, seconds, backlog=10 * n, chains=limit)
+            variants.setdefault("celery_relay_with_backlog", []).append(
+                _utilization(relay, limit, seconds)
+            )
+            relay_backlog_latencies += _handoff_latencies(relay, limit)
     result: Result = {
         name: {key: summary([r[key] for r in results]) for key in results[0]}
         for name, results in variants.items()
@@ -200,6 +209,8 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
     for name, values in (
         ("handoff_latency_ms", latencies),
         ("celery_relay_latency_ms", floor_latencies),
+        ("handoff_latency_with_backlog_ms", backlog_latencies),
+        ("celery_relay_latency_with_backlog_ms", relay_backlog_latencies),
     ):
         result[name] = {
             "p50": 1000 * percentile(values, 50),
