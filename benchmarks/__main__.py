@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {"tcp_nodelay": scenarios.control_latency(trials, nagle=False),
                              "nagle": scenarios.control_latency(trials, nagle=True)}  # fmt: skip
         else:
-            results[name] = (scenarios.scale(depth=1000, pools=100, cycles=50) if args.quick
-                             else scenarios.scale())  # fmt: skip
+            results[name] = (scenarios.scale(runs, depth=1000, pools=100, batch=50)
+                             if args.quick else scenarios.scale(runs))  # fmt: skip
         results["meta"]["seconds"] = time.monotonic() - started
         _write(args.json, results)  # after each one: a later failure keeps what was measured
     print(render(results))

@@ -296,15 +296,16 @@ def _starts(client: redis.Redis, prefix: str, since: float) -> list[float]:
 
 def _cycle_cost(rm: ResourceManager, pool: str, cycles: int) -> float:
     """Seconds per hand-off cycle (release → hand-off → confirm → acquire the reservation),
-    the way a worker passes a slot of a pool of 1 down its line of parked tasks."""
+    the way a worker passes a slot of a pool of 1 down its line of parked tasks. Takes
+    ``cycles + 1`` tasks off the line and leaves the pool closed (capacity 0), as found."""
     _, handoffs = rm.update_resource(pool, 1)  # the first waiter gets the slot
     lease = _take(rm, pool, handoffs)
     started = time.perf_counter()
     for _ in range(cycles):
         lease = _take(rm, pool, rm.release(lease))
     elapsed = time.perf_counter() - started
-    rm.release(lease)
     rm.update_resource(pool, 0)
+    assert rm.release(lease) == ()  # closed: nobody else is handed off
     return elapsed / cycles
 
 
@@ -318,7 +319,8 @@ def _take(rm: ResourceManager, pool: str, handoffs: tuple[PoolHandoff, ...]) -> 
 
 
 def _park(rm: ResourceManager, pool: str, count: int, payload: bytes, tag: str) -> float:
-    """Park ``count`` tasks in a full pool; return seconds per park (acquire + park)."""
+    """Park ``count`` tasks in a closed pool; return seconds per park (acquire + park, as a
+    task parks the first time; once its pool is known contended it takes one call)."""
     started = time.perf_counter()
     for i in range(count):
         task_id = f"{tag}-{i}"
@@ -327,41 +329,59 @@ def _park(rm: ResourceManager, pool: str, count: int, payload: bytes, tag: str) 
     return (time.perf_counter() - started) / count
 
 
-def scale(depth: int = 10_000, pools: int = 1_000, cycles: int = 300) -> Result:
-    """Park and hand-off cost at 100 vs ``depth`` parked, and beside ``pools`` busy pools;
-    Redis memory per parked task and per pool; a fresh node's load of 1,000 constraints."""
+def scale(runs: int, depth: int = 10_000, pools: int = 1_000, batch: int = 100) -> Result:
+    """Park and hand-off cost at 100 vs ``depth`` parked (interleaved, ``runs`` times), and
+    beside ``pools`` busy pools; Redis memory per parked task and per pool; a fresh node's
+    load of 1,000 constraints."""
     payload = b"x" * 300
     with cluster(mqtt="nodelay") as (c, app):
         client = c.redis.client()
         rm = ResourceManager(client, prefix=c.prefix, lease_seconds=60, max_handoffs=1)
-        cost: dict[str, float] = {}
-        for label, parked in (("shallow", 100), ("deep", depth)):
-            # Parks end at depth ``parked``; hand-offs start there and take ``cycles`` off it.
-            pool = f"scale-{label}"
-            _park(rm, pool, parked + cycles - 100, payload, f"{label}-pre")
-            cost[f"park_{label}_us"] = 1e6 * _park(rm, pool, 100, payload, label)
-            cost[f"handoff_{label}_us"] = 1e6 * _cycle_cost(rm, pool, cycles)
+        lines = {"shallow": ("scale-shallow", 100), "deep": ("scale-deep", depth)}
+        for label, (pool, parked) in lines.items():
+            _park(rm, pool, parked, payload, f"{label}-pre")
+        samples: dict[str, list[float]] = {}
+        for run in range(runs):
+            # Each run parks ``batch`` and hands off ``batch + 1``: the depths hold.
+            for label in ("shallow", "deep") if run % 2 == 0 else ("deep", "shallow"):
+                pool, _ = lines[label]
+                park = _park(rm, pool, batch, payload, f"{label}-{run}")
+                samples.setdefault(f"park_{label}_us", []).append(1e6 * park)
+                handoff = _cycle_cost(rm, pool, batch)
+                samples.setdefault(f"handoff_{label}_us", []).append(1e6 * handoff)
         before = int(client.info("memory")["used_memory"])
         for i in range(pools):
             _park(rm, f"busy-{i}", 1, payload, f"busy-{i}")
         per_pool = (int(client.info("memory")["used_memory"]) - before) / pools - len(payload)
-        _park(rm, "scale-among", 100 + cycles, payload, "among")
-        cost["handoff_among_pools_us"] = 1e6 * _cycle_cost(rm, "scale-among", cycles)
+        _park(rm, "scale-among", 100 + runs * (batch + 1), payload, "among")
+        for _ in range(runs):
+            handoff = _cycle_cost(rm, "scale-among", batch)
+            samples.setdefault("handoff_among_pools_us", []).append(1e6 * handoff)
         before = int(client.info("memory")["used_memory"])
         _park(rm, "memory", depth, payload, "mem")
         per_task = (int(client.info("memory")["used_memory"]) - before) / depth - len(payload)
         load_s = _load_constraints(c, app, 1000)
+    cost = {key: summary(values) for key, values in samples.items()}
     return {
         **cost,
-        "park_ratio_deep_vs_shallow": cost["park_deep_us"] / cost["park_shallow_us"],
-        "handoff_ratio_deep_vs_shallow": cost["handoff_deep_us"] / cost["handoff_shallow_us"],
-        "handoff_ratio_among_pools": cost["handoff_among_pools_us"] / cost["handoff_shallow_us"],
+        "park_ratio_deep_vs_shallow": _ratio(samples["park_deep_us"], samples["park_shallow_us"]),
+        "handoff_ratio_deep_vs_shallow": _ratio(
+            samples["handoff_deep_us"], samples["handoff_shallow_us"]
+        ),
+        "handoff_ratio_among_pools": _ratio(
+            samples["handoff_among_pools_us"], samples["handoff_shallow_us"]
+        ),
         "redis_bytes_per_parked_task_beyond_payload": per_task,
         "redis_bytes_per_pool_with_one_parked_task": per_pool,
         "load_1000_constraints_s": load_s,
         "depth": depth,
         "pools": pools,
     }
+
+
+def _ratio(numerators: list[float], denominators: list[float]) -> Result:
+    """Ratios of paired samples (same run), summarized."""
+    return summary([a / b for a, b in zip(numerators, denominators, strict=True)])
 
 
 def _load_constraints(c: Cluster, app: Celery, count: int) -> float:
