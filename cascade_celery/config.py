@@ -54,6 +54,9 @@ class MqttSettings:
             raise ConfigurationError("cascade_mqtt_url: bad port (0)")
         if not parts.hostname:
             raise ConfigurationError("cascade_mqtt_url: missing host")
+        if parts.password and not parts.username:
+            # MQTT sends a password only with a user name (MQTT 3.1.1, 3.1.2.9).
+            raise ConfigurationError("cascade_mqtt_url: a password needs a user name")
         tls = parts.scheme == "mqtts"
         return cls(
             host=parts.hostname,

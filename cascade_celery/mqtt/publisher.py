@@ -13,13 +13,19 @@ from cascade_celery.mqtt.client import make_client
 
 
 def publish_retained(
-    settings: MqttSettings, messages: Sequence[tuple[str, bytes]], *, timeout: float = 10.0
+    settings: MqttSettings,
+    messages: Sequence[tuple[str, bytes]],
+    *,
+    timeout: float | None = None,
 ) -> None:
     """Publish each (topic, payload) retained with QoS 1 and wait until the broker has it.
 
     An empty payload clears the topic's retained message (removes the constraint).
-    Raise ControlPlaneUnavailable if the broker can't be reached or refuses.
+    ``timeout`` (default: ``settings.connect_timeout``) bounds the wait for the broker's
+    answer to the connect and to each publish. Raise ControlPlaneUnavailable if the
+    broker can't be reached, refuses or doesn't answer in time.
     """
+    timeout = settings.connect_timeout if timeout is None else timeout
     client = make_client(settings, f"cascade-pub-{uuid.uuid4().hex[:12]}", clean_session=True)
     connected = threading.Event()
     outcome: dict[str, Any] = {}
@@ -38,7 +44,9 @@ def publish_retained(
     client.loop_start()
     try:
         if not connected.wait(timeout):
-            raise ControlPlaneUnavailable(f"no answer from {settings.redacted_url()}")
+            raise ControlPlaneUnavailable(
+                f"no answer from {settings.redacted_url()} within {timeout:g} s"
+            )
         if outcome["reason"].is_failure:
             raise ControlPlaneUnavailable(
                 f"{settings.redacted_url()} refused the connection: {outcome['reason']}"
@@ -47,7 +55,9 @@ def publish_retained(
         for info in infos:
             info.wait_for_publish(timeout)
             if not info.is_published():
-                raise ControlPlaneUnavailable(f"{settings.redacted_url()} did not confirm")
+                raise ControlPlaneUnavailable(
+                    f"{settings.redacted_url()} did not confirm within {timeout:g} s"
+                )
     except (RuntimeError, ValueError) as exc:
         url = settings.redacted_url()
         raise ControlPlaneUnavailable(f"publish to {url} failed: {exc}") from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -482,6 +483,19 @@ def test_publish_retained_to_an_unreachable_broker_fails_fast_and_clearly() -> N
     assert f"MQTT broker mqtt://ops:***@127.0.0.1:{port} is unreachable" in message
     assert "s3cret" not in message
     assert elapsed < 10, f"took {elapsed:.1f}s; a refused connection should fail at once"
+
+
+def test_publish_retained_waits_for_the_broker_no_longer_than_the_connect_timeout() -> None:
+    # Given a broker address that accepts TCP connections but never answers
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        settings = MqttSettings.from_url(f"mqtt://127.0.0.1:{port}", connect_timeout=0.3)
+
+        # Then publishing gives up after cascade_mqtt_connect_timeout, saying so
+        with pytest.raises(ControlPlaneUnavailable, match=r"no answer from .* within 0.3 s"):
+            publish_retained(settings, [("cascade/constraints/a", b"")])
 
 
 def test_the_listener_reconnects_after_the_broker_restarts(

@@ -78,6 +78,14 @@ def test_a_username_alone_has_no_password() -> None:
     assert (parsed.username, parsed.password) == ("worker", None)
 
 
+@pytest.mark.parametrize("url", ["mqtt://:s3cret@broker", "mqtts://:s3cret@broker:8883"])
+def test_a_password_without_a_user_name_is_an_error(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="a password needs a user name") as caught:
+        MqttSettings.from_url(url)
+
+    assert "s3cret" not in str(caught.value)
+
+
 def test_without_credentials_both_are_none() -> None:
     parsed = MqttSettings.from_url("mqtt://broker")
 
