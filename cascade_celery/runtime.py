@@ -183,10 +183,14 @@ class Runtime:
                 if decision.is_free:
                     self._give_back(task_id, reserved_in)
                     return version
-                # Likely blocked (held, or its pool was contended lately): send the
-                # message along, to park it in the same round trip if it is blocked.
+                # Likely blocked (held, or its pool was contended lately, and it holds no
+                # reservation there): send the message along, to park it in the same
+                # round trip if it is blocked.
+                pools = dict(decision.pools)
                 payload = None
-                if decision.denied_by is not None or self._likely_blocked(dict(decision.pools)):
+                if decision.denied_by is not None or (
+                    reserved_in not in pools and self._likely_blocked(pools)
+                ):
                     payload = parking.capture(task, request, args, kwargs, info.queue)
                 result = self.resources.try_acquire(
                     task_id, decision.pools, decision.capacities, handed_off_from=reserved_in,
@@ -194,7 +198,7 @@ class Runtime:
                 )  # fmt: skip
                 self.publish_handoffs(result.handoffs)
                 if result.lease is not None:
-                    self._note_contention(dict(decision.pools), result.lease.contended)
+                    self._note_contention(pools, result.lease.contended)
                     self._leases[task_id, threading.get_ident()] = result.lease
                     crash_point("after_acquire")
                     return version
@@ -202,7 +206,7 @@ class Runtime:
                 self._note_contention([pool], True)
                 parked = result.parked
                 if payload is None:
-                    units = dict(decision.pools)[pool]
+                    units = pools[pool]
                     payload = parking.capture(task, request, args, kwargs, info.queue)
                     parked, handoffs = self.resources.park(
                         task_id, pool, units, decision.capacities[pool], payload

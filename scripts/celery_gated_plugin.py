@@ -78,14 +78,16 @@ def _count_in_redis() -> None:
     """
     gate, try_acquire, park = Runtime.gate, ResourceManager.try_acquire, ResourceManager.park
 
-    def counted_gate(self: Runtime, *args: Any, **kwargs: Any) -> None:
+    def counted_gate(self: Runtime, *args: Any, **kwargs: Any) -> int | None:
         self.client.incr("cascade-suite:gated")
-        gate(self, *args, **kwargs)
+        return gate(self, *args, **kwargs)
 
     def counted_acquire(self: ResourceManager, *args: Any, **kwargs: Any) -> Any:
         result = try_acquire(self, *args, **kwargs)
         if result.lease is not None:
             self.client.incr("cascade-suite:leased")
+        elif result.parked:  # acquire-or-park
+            self.client.incr("cascade-suite:parked")
         return result
 
     def counted_park(self: ResourceManager, *args: Any, **kwargs: Any) -> Any:
