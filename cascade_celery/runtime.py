@@ -2,9 +2,10 @@
 
 It owns the Redis client, the ConstraintManager kept in sync with the shared constraint
 set, the ResourceManager, the leases of running tasks, and three daemon threads: one
-listens for constraint changes, one releases the leases of tasks that ended (so the next
-task doesn't wait for that round trip), one renews leases, expires constraints and sweeps
-pools (reaping dead holders and handing their room to parked tasks).
+listens for constraint changes, one releases the leases of tasks that ended unless the
+next task's acquire took them along first (so a process running task after task spends
+one round trip per task), one renews leases, expires constraints and sweeps pools
+(reaping dead holders and handing their room to parked tasks).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -46,6 +46,9 @@ REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 _ATTEMPTS = 5
 #: Seconds a pool seen contended is treated as likely to block the next task.
 _CONTENTION_MEMORY = 1.0
+#: Seconds an ended task's uncontended lease waits for the next acquire of its process
+#: to take it along (one round trip for both) before the releaser thread releases it.
+_RELEASE_DELAY = 0.005
 
 
 class Runtime:
@@ -75,7 +78,11 @@ class Runtime:
         #: another thread (threads, gevent) before this run's postrun releases its lease.
         self._leases: dict[tuple[str, int], Lease] = {}
         self._unreleased: dict[str, tuple[Lease, float]] = {}
-        self._releases: queue.Queue[tuple[Lease, float] | None] = queue.Queue()
+        #: Seconds an ended uncontended lease waits for this process's next acquire.
+        self.release_delay = _RELEASE_DELAY
+        #: Ended leases not released yet: (lease, lease expiry, release due), oldest first.
+        self._ended: list[tuple[Lease, float, float]] = []
+        self._ended_changed = threading.Condition()
         self._unconfirmed: list[PoolHandoff] = []
         #: Pools seen full or with a line lately (until when): a task for one of them
         #: sends its message with the acquire, to park in the same round trip.
@@ -121,8 +128,9 @@ class Runtime:
 
     def stop(self) -> None:
         """Stop the threads and close connections; leases left are reaped after they expire."""
-        self._releases.put(None)  # after the releases already queued
         self._stop.set()
+        with self._ended_changed:  # the releaser releases what is left, then ends
+            self._ended_changed.notify()
         for thread in self._threads:
             thread.join(timeout=2.0)
         if self._ready:
@@ -192,10 +200,16 @@ class Runtime:
                     reserved_in not in pools and self._likely_blocked(pools)
                 ):
                     payload = parking.capture(task, request, args, kwargs, info.queue)
-                result = self.resources.try_acquire(
-                    task_id, decision.pools, decision.capacities, handed_off_from=reserved_in,
-                    park_with=payload,
-                )  # fmt: skip
+                ended = self._take_ended()
+                try:
+                    result = self.resources.try_acquire(
+                        task_id, decision.pools, decision.capacities, handed_off_from=reserved_in,
+                        park_with=payload, releasing=[lease for lease, _ in ended],
+                    )  # fmt: skip
+                except BaseException:
+                    for lease, expires in ended:  # the keeper retries (a no-op where done)
+                        self._unreleased[lease.member] = (lease, expires)
+                    raise
                 self.publish_handoffs(result.handoffs)
                 if result.lease is not None:
                     self._note_contention(pools, result.lease.contended)
@@ -258,24 +272,46 @@ class Runtime:
     def release(self, task_id: str) -> None:
         """Give back the lease of a task that ended (any state) in this thread.
 
-        A contended pool's room goes to the next waiter at once, here; otherwise the
-        releaser thread does the Redis part, so the next task doesn't wait for it.
+        A contended pool's room goes to the next waiter at once, here. Otherwise the
+        next acquire in this process takes the lease along (no round trip of its own),
+        or the releaser thread releases it after ``release_delay``.
         """
         lease = self._leases.pop((task_id, threading.get_ident()), None)
         if lease is not None:
             crash_point("before_release")
-            expires = time.monotonic() + self.config.lease_seconds
+            now = time.monotonic()
             if lease.contended:
-                self._release(lease, expires)
+                self._release(lease, now + self.config.lease_seconds)
             else:
-                self._releases.put((lease, expires))
+                with self._ended_changed:
+                    due = now + self.release_delay
+                    self._ended.append((lease, now + self.config.lease_seconds, due))
+                    if len(self._ended) == 1:  # else the releaser waits for an older one
+                        self._ended_changed.notify()
+
+    def _take_ended(self) -> list[tuple[Lease, float]]:
+        """The ended leases not released yet, for the caller to release: (lease, expiry)."""
+        with self._ended_changed:
+            taken, self._ended = self._ended, []
+        return [(lease, expires) for lease, expires, _ in taken]
 
     def _release_ended(self) -> None:
-        while (item := self._releases.get()) is not None:
-            try:
-                self._release(*item)
-            except Exception:
-                logger.exception("cascade: releasing %s failed", item[0].task_id)
+        """The releaser thread: release ended leases when due (all of them on stop)."""
+        while True:
+            with self._ended_changed:
+                while not self._ended and not self._stop.is_set():
+                    self._ended_changed.wait()
+                if not self._ended:
+                    return
+                wait = self._ended[0][2] - time.monotonic()
+                if wait > 0 and not self._stop.is_set():
+                    self._ended_changed.wait(wait)
+                    continue
+            for lease, expires in self._take_ended():
+                try:
+                    self._release(lease, expires)
+                except Exception:
+                    logger.exception("cascade: releasing %s failed", lease.task_id)
 
     def _release(self, lease: Lease, expires: float) -> None:
         try:

@@ -77,17 +77,20 @@ class ResourceManager:
         *,
         handed_off_from: str | None = None,
         park_with: bytes | None = None,
+        releasing: Sequence[Lease] = (),
     ) -> AcquireResult:
         """Acquire ``units`` of every pool, or nothing; never waits.
 
         ``handed_off_from``: the pool whose reservation the task carries; given back if
         the task no longer needs that pool. ``park_with``: the task's payload, to park
-        it where it is blocked in the same round trip.
+        it where it is blocked in the same round trip. ``releasing``: leases of tasks
+        that ended, released first in the same round trip (as :meth:`release` would).
         """
         names = [name for name, _ in pools]
         self._register(names)
         member = f"t:{task_id}:{uuid.uuid4().hex[:12]}"
         stale = [] if handed_off_from in (None, *names) else [str(handed_off_from)]
+        released = [name for lease in releasing for name, _ in lease.pools]
         outcome = self._scripts.acquire(
             [pool_keys(self.prefix, name) for name in names],
             [(capacities.get(name), units) for name, units in pools],
@@ -97,8 +100,12 @@ class ResourceManager:
             max_handoffs=self.max_handoffs,
             release_reservations_in=[pool_keys(self.prefix, name) for name in stale],
             park_with=park_with,
+            release_leases=[
+                (lease.member, [pool_keys(self.prefix, name) for name, _ in lease.pools])
+                for lease in releasing
+            ],
         )
-        handoffs = self._resolve([*names, *stale], outcome)
+        handoffs = self._resolve([*names, *stale, *released], outcome)
         if outcome.status == 1:
             lease = Lease(task_id, member, tuple(pools), contended=outcome.detail == 1)
             return AcquireResult(lease, None, handoffs)

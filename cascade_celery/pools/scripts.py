@@ -96,6 +96,7 @@ class Scripts:
         max_handoffs: int,
         release_reservations_in: Sequence[PoolKeys] = (),
         park_with: bytes | None = None,
+        release_leases: Sequence[tuple[str, Sequence[PoolKeys]]] = (),
     ) -> Outcome:
         """All-or-none acquire; status 1 acquired (detail 1: a pool is contended), else
         detail is the blocking pool (1-based), where status 2 says it was parked.
@@ -103,13 +104,19 @@ class Scripts:
         ``release_reservations_in``: pools the task was handed off from but no longer
         needs; its reservations there go to the next waiter. ``park_with``: the task's
         payload, to park it where it is blocked in the same step (status 2).
+        ``release_leases``: (member, pools) of ended leases to release first. Hand-off
+        indices count the pools in that order: required, reservations, released.
         """
-        args: list[Any] = [task_id, member, _ms(lease_seconds), max_handoffs, len(pools)]
+        args: list[Any] = [task_id, member, _ms(lease_seconds), max_handoffs, len(pools),
+                           len(release_reservations_in), len(release_leases)]  # fmt: skip
         for capacity, units in requests:
             args += [_capacity_arg(capacity), units]
+        for lease_member, lease_pools in release_leases:
+            args += [lease_member, len(lease_pools)]
         if park_with is not None:
             args.append(park_with)
-        keys = _flatten([*pools, *release_reservations_in])
+        released = [keys for _, lease_pools in release_leases for keys in lease_pools]
+        keys = _flatten([*pools, *release_reservations_in, *released])
         return _outcome(self._scripts["acquire"](keys=keys, args=args))
 
     def confirm(self, handoffs: Sequence[tuple[str, str, bytes]]) -> int:

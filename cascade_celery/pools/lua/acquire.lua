@@ -15,25 +15,36 @@
   the same step (acquire-or-park: one round trip instead of two), unless giving back
   its reservations made room there (then the caller acquires again).
 
+  Leases of tasks that ended in the caller's process since its last call (`released`)
+  are released first, as release.lua would: so a process running task after task
+  spends one round trip per task, not two.
+
   Clock: Redis TIME.
 
   Input:
-    KEYS[7*(i-1)+1 .. 7*i]  the keys of pool i, as listed in includes/pool.lua
+    KEYS                    7 keys per pool, as listed in includes/pool.lua: first the
+                            `required` pools, then the `stale` pools (handed off from,
+                            no longer needed), then the pools of each released lease
     ARGV[1]                 task id
     ARGV[2]                 lease member, "t:<task id>:<token>"
     ARGV[3]                 lease ttl in milliseconds
     ARGV[4]                 most waiters to hand off per pool
-    ARGV[5]                 required: how many pools (the first ones) the task needs
-    ARGV[6 + 2*(i-1)]       required pool i capacity in the caller's view (-1: unlimited)
-    ARGV[7 + 2*(i-1)]       units of required pool i the task needs
-    ARGV[6 + 2*required]    optional: payload to park with when blocked
+    ARGV[5]                 required: how many pools the task needs
+    ARGV[6]                 stale: how many pools it gives its reservation back in
+    ARGV[7]                 released: how many ended leases to release first
+    ARGV[8 + 2*(i-1)]       required pool i capacity in the caller's view (-1: unlimited)
+    ARGV[9 + 2*(i-1)]       units of required pool i the task needs
+    ARGV[r + 2*(j-1)]       released lease j's member, where r = 8 + 2*required
+    ARGV[r + 1 + 2*(j-1)]   how many pools released lease j is in
+    ARGV[r + 2*released]    optional: payload to park with when blocked
 
   Output:
     {1, c, handoffs...}        acquired every pool; c = 1 when one of them is contended
                                (full now, or tasks wait in it), else 0
     {0, i, handoffs...}        blocked at pool i; the caller parks the task there
     {2, i, handoffs...}        blocked at pool i, and parked there with the payload
-    handoffs: (pool index, task id, payload) triples to publish, then confirm
+    handoffs: (pool index, task id, payload) triples to publish, then confirm; the
+    index counts every pool in KEYS
 ]]
 --- @include "includes/pool"
 
@@ -42,20 +53,38 @@ local lease_member = ARGV[2]
 local ttl_ms = tonumber(ARGV[3])
 local max_handoffs = tonumber(ARGV[4])
 local pool_count = tonumber(ARGV[5])
-local all_pools = #KEYS / POOL_KEYS
+local stale_count = tonumber(ARGV[6])
+local released_count = tonumber(ARGV[7])
+local first_released = 8 + 2 * pool_count
 local reservation = 'r:' .. task_id
 local now = now_ms()
 local out = {0, 0}
 
+local function capacity_arg(i) return tonumber(ARGV[8 + 2 * (i - 1)]) end
+local function units_arg(i) return tonumber(ARGV[9 + 2 * (i - 1)]) end
+
+-- Leases that ended in the caller's process: released before anything else.
+local index = pool_count + stale_count
+for j = 1, released_count do
+  local member = ARGV[first_released + 2 * (j - 1)]
+  for _ = 1, tonumber(ARGV[first_released + 1 + 2 * (j - 1)]) do
+    index = index + 1
+    local k = pool_keys(index)
+    release_lease(k, member)
+    reap(k, now)
+    dispatch(k, index, now, ttl_ms, max_handoffs, out)
+  end
+end
+
 for i = 1, pool_count do
   local k = pool_keys(i)
-  apply_capacity(k, tonumber(ARGV[6 + 2 * (i - 1)]))
+  apply_capacity(k, capacity_arg(i))
   reap(k, now)
   dispatch(k, i, now, ttl_ms, max_handoffs, out)
 end
 
 -- Reservations in pools the task no longer needs go to the next waiter.
-for i = pool_count + 1, all_pools do
+for i = pool_count + 1, pool_count + stale_count do
   local k = pool_keys(i)
   local reserved = drop_reservation(k, task_id)
   if reserved then
@@ -67,7 +96,7 @@ end
 local blocked = 0
 for i = 1, pool_count do
   local k = pool_keys(i)
-  local units = tonumber(ARGV[7 + 2 * (i - 1)])
+  local units = units_arg(i)
   local capacity = capacity_of(k)
   if redis.call('ZSCORE', k.holders, reservation) then
     if capacity ~= nil and used_of(k) > capacity then
@@ -91,9 +120,8 @@ if blocked > 0 then
     end
   end
   out[2] = blocked
-  local payload = ARGV[6 + 2 * pool_count]
-  if payload and park_in(pool_keys(blocked), task_id, tonumber(ARGV[7 + 2 * (blocked - 1)]),
-                         payload, now) then
+  local payload = ARGV[first_released + 2 * released_count]
+  if payload and park_in(pool_keys(blocked), task_id, units_arg(blocked), payload, now) then
     out[1] = 2
   end
   return out
@@ -101,7 +129,7 @@ end
 
 for i = 1, pool_count do
   local k = pool_keys(i)
-  local units = tonumber(ARGV[7 + 2 * (i - 1)])
+  local units = units_arg(i)
   local reserved = drop_reservation(k, task_id)
   add_used(k, units - (reserved or 0))
   redis.call('ZADD', k.holders, now + ttl_ms, lease_member)

@@ -24,9 +24,7 @@ local out = {0, 0}
 
 for i = 1, #KEYS / POOL_KEYS do
   local k = pool_keys(i)
-  if redis.call('ZREM', k.holders, lease_member) == 1 then
-    add_used(k, -tonumber(redis.call('HGET', k.units, lease_member) or '0'))
-    redis.call('HDEL', k.units, lease_member)
+  if release_lease(k, lease_member) then
     out[1] = out[1] + 1
   end
   reap(k, now)

@@ -62,6 +62,14 @@ local function add_used(k, delta)
   end
 end
 
+-- Give back a running task's lease; true if the pool still held it (not reaped).
+local function release_lease(k, member)
+  if redis.call('ZREM', k.holders, member) == 0 then return false end
+  add_used(k, -tonumber(redis.call('HGET', k.units, member) or '0'))
+  redis.call('HDEL', k.units, member)
+  return true
+end
+
 -- Drop expired holders: leases of dead workers, and reservations whose task never
 -- arrived. A reservation whose payload is still parked was never published (its
 -- publisher died): it goes back in line at its original arrival position ("q:<id>"
