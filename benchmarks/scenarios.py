@@ -59,6 +59,23 @@ def _throughput(c: Cluster, app: Celery, task: str, args: tuple[Any, ...], n: in
     return (n - 1) / (last - first)
 
 
+def _redis_rtt(client: redis.Redis, samples: int = 200) -> Result:
+    """Median PING round trip (us) back to back, and after 20 ms idle: on a VM a process
+    and Redis that both slept wake up slowly, which is what a task after a 20 ms body
+    pays for its acquire."""
+    result: Result = {}
+    for label, idle in (("hot", 0.0), ("after_20ms_idle", 0.02)):
+        times = []
+        for _ in range(samples):
+            if idle:
+                time.sleep(idle)
+            started = time.perf_counter()
+            client.ping()
+            times.append(1e6 * (time.perf_counter() - started))
+        result[label] = percentile(times, 50)
+    return result
+
+
 def _host() -> str:
     return socket.gethostname()
 
@@ -89,7 +106,9 @@ def overhead(runs: int, n: int) -> Result:
                 ratios[case].append(measured["gated"] / measured["plain"])
                 for kind, rate in measured.items():
                     rates.setdefault(f"{case}/{kind}", []).append(rate)
+        rtt = _redis_rtt(c.redis.client())
     return {
+        "redis_rtt_us": rtt,
         "ratio": {case: summary(values) for case, values in ratios.items()},
         "tasks_per_second": {key: summary(values) for key, values in rates.items()},
         "n": n,
@@ -146,11 +165,17 @@ def _utilization(events: list[dict[str, Any]], limit: int, seconds: float) -> Re
     }
 
 
-def _handoff_latencies(events: list[dict[str, Any]], limit: int) -> list[float]:
-    """Release-to-next-start: the k-th start after the first ``limit`` follows the k-th end."""
+def _handoff_latencies(events: list[dict[str, Any]], limit: int, after: float = 0.0) -> list[float]:
+    """Release-to-next-start: the k-th start after the first ``limit`` follows the k-th end
+    (only releases later than ``after``, a unix time)."""
     starts = sorted(e["start"] for e in events)[limit:]
     ends = sorted(e["end"] for e in events)
-    return [start - end for start, end in zip(starts, ends, strict=False)]
+    return [start - end for start, end in zip(starts, ends, strict=False) if end > after]
+
+
+#: Seconds after the last publish from which the arrival burst counts as parked: the
+#: 200 tasks arrive at once, and the workers spend this long parking them.
+_SETTLED_AFTER = 0.25
 
 
 def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Result:
@@ -160,6 +185,7 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
     with a backlog waits behind all of it."""
     variants: dict[str, list[Result]] = {}
     latencies: list[float] = []
+    settled_latencies: list[float] = []
     floor_latencies: list[float] = []
     backlog_latencies: list[float] = []
     relay_backlog_latencies: list[float] = []
@@ -176,6 +202,8 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
             ours = _timed_run(c, app, "bench.gated_timed", (), n, seconds)
             variants.setdefault("cascade", []).append(_utilization(ours, limit, seconds))
             latencies += _handoff_latencies(ours, limit)
+            last_publish = max(e["published"] for e in ours)
+            settled_latencies += _handoff_latencies(ours, limit, last_publish + _SETTLED_AFTER)
             for countdown in (1.0, 0.1):
                 peer = _timed_run(c, app, "bench.peer_timed", (countdown,), n, seconds)
                 variants.setdefault(f"peer_countdown_{countdown:g}s", []).append(
@@ -208,6 +236,7 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
         )
     for name, values in (
         ("handoff_latency_ms", latencies),
+        ("handoff_latency_after_arrivals_parked_ms", settled_latencies),
         ("celery_relay_latency_ms", floor_latencies),
         ("handoff_latency_with_backlog_ms", backlog_latencies),
         ("celery_relay_latency_with_backlog_ms", relay_backlog_latencies),

@@ -29,6 +29,7 @@ Sentinel); multi-pool tasks on Cluster are not supported yet.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 POOL_KEY_COUNT = 7
@@ -51,6 +52,7 @@ def _escape(name: str) -> str:
     return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
+@functools.lru_cache(maxsize=4096)
 def pool_keys(prefix: str, pool: str) -> PoolKeys:
     """The keys of ``pool``."""
     base = f"{prefix}:{{pool:{_escape(pool)}}}"

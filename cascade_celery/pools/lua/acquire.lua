@@ -63,7 +63,10 @@ local out = {0, 0}
 local function capacity_arg(i) return tonumber(ARGV[8 + 2 * (i - 1)]) end
 local function units_arg(i) return tonumber(ARGV[9 + 2 * (i - 1)]) end
 
--- Leases that ended in the caller's process: released before anything else.
+-- Leases that ended in the caller's process: released before anything else. A pool
+-- the task requires is reaped and dispatched below, with the caller's capacity.
+local required = {}
+for i = 1, pool_count do required[pool_keys(i).capacity] = true end
 local index = pool_count + stale_count
 for j = 1, released_count do
   local member = ARGV[first_released + 2 * (j - 1)]
@@ -71,8 +74,10 @@ for j = 1, released_count do
     index = index + 1
     local k = pool_keys(index)
     release_lease(k, member)
-    reap(k, now)
-    dispatch(k, index, now, ttl_ms, max_handoffs, out)
+    if not required[k.capacity] then
+      reap(k, now)
+      dispatch(k, index, now, ttl_ms, max_handoffs, out)
+    end
   end
 end
 

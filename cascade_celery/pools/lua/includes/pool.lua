@@ -36,10 +36,11 @@ local function now_ms()
 end
 
 -- A caller's view of the capacity: >= 0 sets it, < 0 lifts the limit.
+-- Written only when it changes: most calls find it as it was (no write to replicate).
 local function apply_capacity(k, capacity)
   if capacity < 0 then
     redis.call('DEL', k.capacity)
-  else
+  elseif redis.call('GET', k.capacity) ~= tostring(capacity) then
     redis.call('SET', k.capacity, capacity)
   end
 end
