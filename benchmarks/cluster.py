@@ -48,12 +48,16 @@ class Cluster:
         self._stack = stack
         self.workers: list[WorkerProcess] = []
 
-    def start_workers(self, count: int, concurrency: int, queues: list[str] | None = None) -> None:
+    def start_workers(
+        self, count: int, concurrency: int, queues: list[str] | None = None,
+        app_module: str = "benchmarks.app", env: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         """Start ``count`` prefork workers of ``concurrency`` processes; wait until ready."""
         for n in range(count):
             worker = WorkerProcess(
-                "benchmarks.app", log_dir=self.directory, pool="prefork", concurrency=concurrency,
-                queues=queues or [f"{self.prefix}-q"], env=self.env, name=f"bench{n}",
+                app_module, log_dir=self.directory, pool="prefork", concurrency=concurrency,
+                queues=queues or [f"{self.prefix}-q"], env={**self.env, **(env or {})},
+                name=f"bench{n}",
             )  # fmt: skip
             self._stack.callback(worker.stop)
             worker.start()
