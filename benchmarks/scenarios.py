@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import redis
@@ -15,6 +16,7 @@ from celery import Celery
 
 from benchmarks.app import done_key, events_key
 from benchmarks.cluster import Cluster, cluster
+from benchmarks.nagle import clients_keep_nagle
 from benchmarks.stats import in_order_fraction, percentile, summary
 from cascade_celery import Cascade
 from cascade_celery.constraints.handlers import default_handlers
@@ -261,12 +263,19 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
 def control_latency(trials: int, nagle: bool) -> Result:
     """From publishing a change to every worker process enforcing it (idle workers), and
     under a stream of tasks from publishing a pause (resume) to the last (first) start of
-    a task it governs."""
+    a task it governs. ``nagle``: Mosquitto and every MQTT client (the workers' listeners,
+    this driver's publishes) keep Nagle's algorithm on, as they do by default."""
+    with clients_keep_nagle() if nagle else nullcontext():
+        return _control_latency(trials, nagle)
+
+
+def _control_latency(trials: int, nagle: bool) -> Result:
     pause_ms: list[float] = []
     resume_ms: list[float] = []
     applied_ms: list[float] = []
     with cluster(mqtt="nagle" if nagle else "nodelay") as (c, app):
-        c.start_workers(2, concurrency=2)
+        module = "benchmarks.nagle_app" if nagle else "benchmarks.app"
+        c.start_workers(2, concurrency=2, app_module=module)
         api = Cascade.for_app(app)
         client = c.client()
         _wait(lambda: len(api.processes()[1]) == 4, 60, "4 gating processes")
