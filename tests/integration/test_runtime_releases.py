@@ -50,6 +50,13 @@ def gate(runtime: Runtime, task: Task, task_id: str) -> int | None:
     return runtime.gate(task, request, task.cascade_info(request), (), {})
 
 
+def end_a_task(runtime: Runtime, app: Celery, task_id: str, *, release_delay: float) -> None:
+    """Admit an execution and end it; its lease waits ``release_delay`` for an acquire."""
+    runtime.release_delay = release_delay
+    assert gate(runtime, app.tasks["gated.work"], task_id) is not None
+    runtime.release(task_id)
+
+
 def holders(server: RedisServer, prefix: str) -> list[str]:
     keys = pool_keys(prefix, POOL)
     return [member.decode() for member in server.client().zrange(keys.holders, 0, -1)]
@@ -59,14 +66,11 @@ def test_the_next_acquire_releases_the_ended_lease_along(
     app: Celery, runtime: Runtime, redis_server_aof: RedisServer, unique_prefix: str
 ) -> None:
     # Given a task that ended, its lease not released yet (the releaser would wait long)
-    runtime.release_delay = 3600
-    work = app.tasks["gated.work"]
-    assert gate(runtime, work, "first") is not None
-    runtime.release("first")
+    end_a_task(runtime, app, "first", release_delay=3600)
     assert [m.split(":")[1] for m in holders(redis_server_aof, unique_prefix)] == ["first"]
 
     # When the next task is admitted in the same process
-    assert gate(runtime, work, "second") is not None
+    assert gate(runtime, app.tasks["gated.work"], "second") is not None
 
     # Then its acquire released the ended lease: only the new one is held
     assert [m.split(":")[1] for m in holders(redis_server_aof, unique_prefix)] == ["second"]
@@ -76,10 +80,7 @@ def test_the_next_acquire_releases_the_ended_lease_along(
 def test_the_releaser_releases_an_ended_lease_no_acquire_took(
     app: Celery, runtime: Runtime, redis_server_aof: RedisServer, unique_prefix: str
 ) -> None:
-    runtime.release_delay = 0.05
-    assert gate(runtime, app.tasks["gated.work"], "only") is not None
-
-    runtime.release("only")
+    end_a_task(runtime, app, "only", release_delay=0.05)
 
     wait_for(lambda: holders(redis_server_aof, unique_prefix) == [], timeout=10)
 
@@ -87,9 +88,7 @@ def test_the_releaser_releases_an_ended_lease_no_acquire_took(
 def test_stopping_releases_the_ended_leases_at_once(
     app: Celery, runtime: Runtime, redis_server_aof: RedisServer, unique_prefix: str
 ) -> None:
-    runtime.release_delay = 3600
-    assert gate(runtime, app.tasks["gated.work"], "last") is not None
-    runtime.release("last")
+    end_a_task(runtime, app, "last", release_delay=3600)
 
     runtime.stop()
 
@@ -100,14 +99,11 @@ def test_an_ended_lease_whose_release_failed_is_released_when_redis_is_back(
     app: Celery, runtime: Runtime, redis_server_aof: RedisServer, unique_prefix: str
 ) -> None:
     # Given an ended lease, and Redis (with AOF) down when the next task is gated
-    runtime.release_delay = 3600
-    work = app.tasks["gated.work"]
-    assert gate(runtime, work, "ended") is not None
-    runtime.release("ended")
+    end_a_task(runtime, app, "ended", release_delay=3600)
     redis_server_aof.stop()
 
     # When the next task's gate fails: it goes back to the broker, nothing runs ungated
-    assert gate(runtime, work, "next") is None
+    assert gate(runtime, app.tasks["gated.work"], "next") is None
 
     # Then once Redis is back, the ended lease is released (by the keeper)
     redis_server_aof.restart()
