@@ -77,11 +77,12 @@ class Runtime:
         #: Leases of running tasks, by (task id, thread): a retried task can start in
         #: another thread (threads, gevent) before this run's postrun releases its lease.
         self._leases: dict[tuple[str, int], Lease] = {}
+        #: Leases whose release failed (Redis down), with when their task ended.
         self._unreleased: dict[str, tuple[Lease, float]] = {}
         #: Seconds an ended uncontended lease waits for this process's next acquire.
         self.release_delay = _RELEASE_DELAY
-        #: Ended leases not released yet: (lease, lease expiry, release due), oldest first.
-        self._ended: list[tuple[Lease, float, float]] = []
+        #: Ended leases not released yet, with when they ended (monotonic), oldest first.
+        self._ended: list[tuple[Lease, float]] = []
         self._ended_changed = threading.Condition()
         self._unconfirmed: list[PoolHandoff] = []
         #: Pools seen full or with a line lately (until when): a task for one of them
@@ -207,8 +208,8 @@ class Runtime:
                         park_with=payload, releasing=[lease for lease, _ in ended],
                     )  # fmt: skip
                 except BaseException:
-                    for lease, expires in ended:  # the keeper retries (a no-op where done)
-                        self._unreleased[lease.member] = (lease, expires)
+                    for lease, ended_at in ended:  # the keeper retries (a no-op where done)
+                        self._unreleased[lease.member] = (lease, ended_at)
                     raise
                 self.publish_handoffs(result.handoffs)
                 if result.lease is not None:
@@ -279,21 +280,19 @@ class Runtime:
         lease = self._leases.pop((task_id, threading.get_ident()), None)
         if lease is not None:
             crash_point("before_release")
-            now = time.monotonic()
             if lease.contended:
-                self._release(lease, now + self.config.lease_seconds)
+                self._release(lease, time.monotonic())
             else:
                 with self._ended_changed:
-                    due = now + self.release_delay
-                    self._ended.append((lease, now + self.config.lease_seconds, due))
+                    self._ended.append((lease, time.monotonic()))
                     if len(self._ended) == 1:  # else the releaser waits for an older one
                         self._ended_changed.notify()
 
     def _take_ended(self) -> list[tuple[Lease, float]]:
-        """The ended leases not released yet, for the caller to release: (lease, expiry)."""
+        """The ended leases not released yet, for the caller to release: (lease, ended)."""
         with self._ended_changed:
             taken, self._ended = self._ended, []
-        return [(lease, expires) for lease, expires, _ in taken]
+        return taken
 
     def _release_ended(self) -> None:
         """The releaser thread: release ended leases when due (all of them on stop)."""
@@ -303,30 +302,31 @@ class Runtime:
                     self._ended_changed.wait()
                 if not self._ended:
                     return
-                wait = self._ended[0][2] - time.monotonic()
+                wait = self._ended[0][1] + self.release_delay - time.monotonic()
                 if wait > 0 and not self._stop.is_set():
                     self._ended_changed.wait(wait)
                     continue
-            for lease, expires in self._take_ended():
+            for lease, ended in self._take_ended():
                 try:
-                    self._release(lease, expires)
+                    self._release(lease, ended)
                 except Exception:
                     logger.exception("cascade: releasing %s failed", lease.task_id)
 
-    def _release(self, lease: Lease, expires: float) -> None:
+    def _release(self, lease: Lease, ended: float) -> None:
+        """Release the lease of a task that ended at ``ended`` (monotonic)."""
         try:
             self.publish_handoffs(self.resources.release(lease))
         except redis.exceptions.RedisError as exc:
             # Retried by the keeper until Redis is back (or the lease has expired anyway).
-            self._unreleased[lease.member] = (lease, expires)
+            self._unreleased[lease.member] = (lease, ended)
             logger.warning("cascade: could not release %s yet (%s); will retry",
                            lease.task_id, exc)  # fmt: skip
 
     def _retry_releases(self) -> None:
-        for member, (lease, expires) in list(self._unreleased.items()):
+        for member, (lease, ended) in list(self._unreleased.items()):
             del self._unreleased[member]
-            if time.monotonic() < expires:
-                self._release(lease, expires)
+            if time.monotonic() < ended + self.config.lease_seconds:
+                self._release(lease, ended)
 
     def publish_handoffs(self, handoffs: Iterable[PoolHandoff]) -> None:
         """Publish parked tasks handed a slot, then confirm those that were published."""

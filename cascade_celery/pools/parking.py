@@ -10,7 +10,6 @@ task therefore can't rewrite ``parent_id``, as ``apply_async`` would.
 from __future__ import annotations
 
 import base64
-import functools
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
@@ -45,7 +44,6 @@ def handoff_queue(queue: str) -> str:
     return f"{_HANDOFF_PREFIX}{queue}"
 
 
-@functools.lru_cache(maxsize=1024)
 def handoff_entity(queue: str) -> Queue:
     """The kombu queue (and its direct exchange) of hand-off queue ``queue``."""
     return Queue(queue, Exchange(queue, "direct"), routing_key=queue)
