@@ -2,10 +2,18 @@
 
 It owns the Redis client, the ConstraintManager kept in sync with the shared constraint
 set, the ResourceManager, the leases of running tasks, and three daemon threads: one
-listens for constraint changes, one releases the leases of tasks that ended unless the
-next task's acquire took them along first (so a process running task after task spends
-one round trip per task), one renews leases, expires constraints and sweeps pools
-(reaping dead holders and handing their room to parked tasks).
+listens for constraint changes and for pools that got a line, one releases the leases of
+tasks that ended unless the next task took them over first, one renews leases, expires
+constraints and sweeps pools (reaping dead holders and handing their room to parked tasks).
+
+A process running task after task of an uncontended pool asks Redis once, not per task:
+an ended task's lease waits ``release_delay`` for the next task of this process that
+needs the same pools at the same capacities, which takes it over without a round trip
+(the slot stays counted in Redis all along, so the limit holds). Fairness: a pool whose
+line gets a first waiter announces it (pub/sub); from then on this process releases its
+ended leases there at once and asks Redis for every start, so waiters go first. A lease
+is taken over only while the listener has been subscribed since it was acquired (no
+announcement missed) and Redis confirmed it within half its lease time.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -26,11 +35,11 @@ from celery.exceptions import Reject
 
 from cascade_celery.config import CascadeConfig
 from cascade_celery.constraints.handlers import default_handlers
-from cascade_celery.constraints.manager import ConstraintManager
+from cascade_celery.constraints.manager import ConstraintManager, Decision
 from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.crash import crash_point
 from cascade_celery.pools import parking
-from cascade_celery.pools.keys import pool_defaults
+from cascade_celery.pools.keys import contended_channel, contended_pool, pool_defaults
 from cascade_celery.pools.resources import Lease, PoolHandoff, ResourceManager
 from cascade_celery.store import ConstraintStore
 
@@ -46,9 +55,26 @@ REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 _ATTEMPTS = 5
 #: Seconds a pool seen contended is treated as likely to block the next task.
 _CONTENTION_MEMORY = 1.0
-#: Seconds an ended task's uncontended lease waits for the next acquire of its process
-#: to take it along (one round trip for both) before the releaser thread releases it.
+#: Seconds an ended task's uncontended lease waits for the next task of its process to
+#: take it over, or its acquire to take it along, before the releaser thread releases it.
 _RELEASE_DELAY = 0.005
+
+
+@dataclass
+class _Held:
+    """A lease this process holds, with what it may be taken over under."""
+
+    lease: Lease
+    #: The capacities of ``lease.pools`` it was acquired under.
+    capacities: tuple[int | None, ...]
+    #: When (monotonic) Redis last confirmed it: just before the acquire or renewal.
+    confirmed: float
+    #: The listener's subscription it was acquired under (see Runtime._listen).
+    epoch: int
+
+
+def _capacities(decision: Decision) -> tuple[int | None, ...]:
+    return tuple(decision.capacities.get(name) for name, _ in decision.pools)
 
 
 class Runtime:
@@ -76,18 +102,23 @@ class Runtime:
         self.store = ConstraintStore(self.client, config.redis_prefix, self.manager.validate)
         #: Leases of running tasks, by (task id, thread): a retried task can start in
         #: another thread (threads, gevent) before this run's postrun releases its lease.
-        self._leases: dict[tuple[str, int], Lease] = {}
+        self._leases: dict[tuple[str, int], _Held] = {}
         #: Leases whose release failed (Redis down), with when their task ended.
         self._unreleased: dict[str, tuple[Lease, float]] = {}
-        #: Seconds an ended uncontended lease waits for this process's next acquire.
+        #: Seconds an ended uncontended lease waits for this process's next task.
         self.release_delay = _RELEASE_DELAY
         #: Ended leases not released yet, with when they ended (monotonic), oldest first.
-        self._ended: list[tuple[Lease, float]] = []
+        self._ended: list[tuple[_Held, float]] = []
         self._ended_changed = threading.Condition()
         self._unconfirmed: list[PoolHandoff] = []
         #: Pools seen full or with a line lately (until when): a task for one of them
         #: sends its message with the acquire, to park in the same round trip.
         self._contended: dict[str, float] = {}
+        self._contended_channel = contended_channel(config.redis_prefix)
+        #: The listener is subscribed (it hears of every new line), and how many times
+        #: it subscribed: leases acquired under an earlier subscription aren't taken over.
+        self._listening = False
+        self._listen_epoch = 0
         self._unconfirmed_lock = threading.Lock()
         self._defaults_key = pool_defaults(config.redis_prefix)
         self._reload_lock = threading.Lock()
@@ -126,6 +157,11 @@ class Runtime:
                 producer.connection.ensure_connection(max_retries=1)
         except Exception as exc:
             logger.debug("cascade: could not connect to the broker yet: %s", exc)
+
+    @property
+    def listening(self) -> bool:
+        """Whether the listener is subscribed now (ended leases may be taken over)."""
+        return self._listening
 
     def stop(self) -> None:
         """Stop the threads and close connections; leases left are reaped after they expire."""
@@ -192,6 +228,9 @@ class Runtime:
                 if decision.is_free:
                     self._give_back(task_id, reserved_in)
                     return version
+                if reserved_in is None and self._take_over(task_id, decision):
+                    crash_point("after_acquire")
+                    return version
                 # Likely blocked (held, or its pool was contended lately, and it holds no
                 # reservation there): send the message along, to park it in the same
                 # round trip if it is blocked.
@@ -202,23 +241,26 @@ class Runtime:
                 ):
                     payload = parking.capture(task, request, args, kwargs, info.queue)
                 ended = self._take_ended()
+                asked, epoch = time.monotonic(), self._listen_epoch
                 try:
                     result = self.resources.try_acquire(
                         task_id, decision.pools, decision.capacities, handed_off_from=reserved_in,
-                        park_with=payload, releasing=[lease for lease, _ in ended],
+                        park_with=payload, releasing=[held.lease for held, _ in ended],
                     )  # fmt: skip
                 except BaseException:
-                    for lease, ended_at in ended:  # the keeper retries (a no-op where done)
-                        self._unreleased[lease.member] = (lease, ended_at)
+                    for held, ended_at in ended:  # the keeper retries (a no-op where done)
+                        self._unreleased[held.lease.member] = (held.lease, ended_at)
                     raise
                 self.publish_handoffs(result.handoffs)
                 if result.lease is not None:
-                    self._note_contention(pools, result.lease.contended)
-                    self._leases[task_id, threading.get_ident()] = result.lease
+                    self._note_contention(pools, result.lease.contended, asked)
+                    self._leases[task_id, threading.get_ident()] = _Held(
+                        result.lease, _capacities(decision), asked, epoch
+                    )
                     crash_point("after_acquire")
                     return version
                 pool = str(result.blocked_pool)
-                self._note_contention([pool], True)
+                self._note_contention([pool], True, asked)
                 parked = result.parked
                 if payload is None:
                     units = pools[pool]
@@ -246,14 +288,51 @@ class Runtime:
         now = time.monotonic()
         return any(self._contended.get(pool, 0.0) > now for pool in pools)
 
-    def _note_contention(self, pools: Iterable[str], contended: bool) -> None:
-        """Remember for a while which pools were full or had a line, in this process."""
+    def _note_contention(self, pools: Iterable[str], contended: bool, asked: float) -> None:
+        """Remember for a while which pools were full or had a line, in this process.
+
+        ``asked``: when Redis was asked. An answer "uncontended" doesn't clear a line
+        announced since then (the answer is older than the announcement).
+        """
         until = time.monotonic() + _CONTENTION_MEMORY
         for pool in pools:
             if contended:
                 self._contended[pool] = until
-            else:
+            elif self._contended.get(pool, -_CONTENTION_MEMORY) - _CONTENTION_MEMORY < asked:
                 self._contended.pop(pool, None)
+
+    def _take_over(self, task_id: str, decision: Decision) -> bool:
+        """Give ``task_id`` the lease of a task that ended here moments ago, if one needs
+        the same pools at the same capacities and may be taken over (see the module's
+        docstring): the task starts without a round trip to Redis."""
+        pools = decision.pools
+        if (decision.denied_by is not None or not self._listening
+                or self._likely_blocked(name for name, _ in pools)):  # fmt: skip
+            return False
+        wanted = (pools, _capacities(decision), self._listen_epoch)
+        fresh_since = time.monotonic() - self.config.lease_seconds / 2
+        with self._ended_changed:
+            for index, (held, _) in enumerate(self._ended):
+                if (held.lease.pools, held.capacities, held.epoch) == wanted and (
+                    held.confirmed > fresh_since
+                ):
+                    del self._ended[index]
+                    break
+            else:
+                return False
+        self._leases[task_id, threading.get_ident()] = replace(
+            held, lease=replace(held.lease, task_id=task_id)
+        )
+        return True
+
+    def _pool_contended(self, pool: str) -> None:
+        """``pool`` got a line: no more take-overs there for a while; release ended leases."""
+        self._note_contention([pool], True, time.monotonic())
+        with self._ended_changed:
+            due = [entry for entry in self._ended if _holds(entry[0], pool)]
+            self._ended = [entry for entry in self._ended if not _holds(entry[0], pool)]
+        for held, ended in due:
+            self._release(held.lease, ended)
 
     def _give_back(self, task_id: str, pool: str | None) -> None:
         """A task that needs no pool returns the reservation it was handed off with.
@@ -274,21 +353,23 @@ class Runtime:
         """Give back the lease of a task that ended (any state) in this thread.
 
         A contended pool's room goes to the next waiter at once, here. Otherwise the
-        next acquire in this process takes the lease along (no round trip of its own),
-        or the releaser thread releases it after ``release_delay``.
+        next task of this process takes the lease over, or its acquire takes it along
+        (no round trip of its own), or the releaser thread releases it after
+        ``release_delay``.
         """
-        lease = self._leases.pop((task_id, threading.get_ident()), None)
-        if lease is not None:
+        held = self._leases.pop((task_id, threading.get_ident()), None)
+        if held is not None:
             crash_point("before_release")
-            if lease.contended:
+            lease = held.lease
+            if lease.contended or self._likely_blocked(name for name, _ in lease.pools):
                 self._release(lease, time.monotonic())
             else:
                 with self._ended_changed:
-                    self._ended.append((lease, time.monotonic()))
+                    self._ended.append((held, time.monotonic()))
                     if len(self._ended) == 1:  # else the releaser waits for an older one
                         self._ended_changed.notify()
 
-    def _take_ended(self) -> list[tuple[Lease, float]]:
+    def _take_ended(self) -> list[tuple[_Held, float]]:
         """The ended leases not released yet, for the caller to release: (lease, ended)."""
         with self._ended_changed:
             taken, self._ended = self._ended, []
@@ -306,11 +387,11 @@ class Runtime:
                 if wait > 0 and not self._stop.is_set():
                     self._ended_changed.wait(wait)
                     continue
-            for lease, ended in self._take_ended():
+            for held, ended in self._take_ended():
                 try:
-                    self._release(lease, ended)
+                    self._release(held.lease, ended)
                 except Exception:
-                    logger.exception("cascade: releasing %s failed", lease.task_id)
+                    logger.exception("cascade: releasing %s failed", held.lease.task_id)
 
     def _release(self, lease: Lease, ended: float) -> None:
         """Release the lease of a task that ended at ``ended`` (monotonic)."""
@@ -451,13 +532,21 @@ class Runtime:
         while not self._stop.is_set():
             try:
                 with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    pubsub.subscribe(self.store.channel)
+                    pubsub.subscribe(self.store.channel, self._contended_channel)
                     self.reload()  # after subscribing, so no change falls in between
+                    self._listen_epoch += 1
+                    self._listening = True
                     delay = 0.1
                     while not self._stop.is_set():
-                        if pubsub.get_message(timeout=1.0) is not None:
+                        message = pubsub.get_message(timeout=1.0)
+                        if message is None:
+                            continue
+                        if _text(message["channel"]) == self._contended_channel:
+                            self._pool_contended(contended_pool(message["data"]))
+                        else:
                             self.reload()
             except Exception as exc:
+                self._listening = False
                 logger.warning("cascade: constraint listener: %s; retrying in %.1fs", exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
@@ -495,16 +584,26 @@ class Runtime:
         return max(0.005, wait)
 
     def _renew_all(self) -> None:
-        for key, lease in list(self._leases.items()):
+        for key, held in list(self._leases.items()):
             crash_point("before_renewal")
-            lost = self.resources.renew(lease)
+            asked = time.monotonic()
+            lost = self.resources.renew(held.lease)
             # A lease released while we renewed it is gone, not lost: only a running
             # task's lease (still ours) can be lost.
-            if lost and self._leases.get(key) is lease:
+            if self._leases.get(key) is not held:
+                continue
+            if lost:
+                held.confirmed = -float("inf")  # never taken over
                 logger.error(
                     "cascade: lease of %s lost in %s (renewal came too late); the slot may be "
-                    "in use by another task", lease.task_id, ", ".join(lost),
+                    "in use by another task", held.lease.task_id, ", ".join(lost),
                 )  # fmt: skip
+            else:
+                held.confirmed = asked
+
+
+def _holds(held: _Held, pool: str) -> bool:
+    return any(name == pool for name, _ in held.lease.pools)
 
 
 def _text(value: object) -> str:

@@ -13,6 +13,8 @@ Per pool ``<name>`` (``<p>`` is the ``cascade_redis_prefix`` setting)::
 Per app::
 
     <p>:pools                    SET     every pool name ever used (for sweeps and status)
+    <p>:pools:contended          pub/sub channel: a pool's line got its first waiter
+                                         (message: the pool's name, escaped as in its keys)
     <p>:defaults                 HASH    pool -> capacity declared in code (task options)
     <p>:constraints              HASH    constraint id -> constraint JSON (the active set)
     <p>:constraints:version      STRING  bumped on every change to the set
@@ -30,6 +32,7 @@ Sentinel); multi-pool tasks on Cluster are not supported yet.
 from __future__ import annotations
 
 import functools
+import re
 from typing import NamedTuple
 
 POOL_KEY_COUNT = 7
@@ -47,9 +50,17 @@ class PoolKeys(NamedTuple):
     seq: str
 
 
+_ESCAPES = {"%": "%25", "{": "%7B", "}": "%7D"}
+_UNESCAPES = {escaped: char for char, escaped in _ESCAPES.items()}
+
+
 def _escape(name: str) -> str:
     # Braces would end the hash tag early; '%' is escaped so the mapping is reversible.
-    return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return re.sub("[%{}]", lambda match: _ESCAPES[match.group()], name)
+
+
+def _unescape(escaped: str) -> str:
+    return re.sub("%25|%7B|%7D", lambda match: _UNESCAPES[match.group()], escaped)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -62,6 +73,16 @@ def pool_keys(prefix: str, pool: str) -> PoolKeys:
 def pool_registry(prefix: str) -> str:
     """The SET of every pool name used under ``prefix``."""
     return f"{prefix}:pools"
+
+
+def contended_channel(prefix: str) -> str:
+    """The pub/sub channel on which a pool announces its first waiter (the Lua scripts)."""
+    return f"{prefix}:pools:contended"
+
+
+def contended_pool(message: bytes | str) -> str:
+    """The pool named by a message on :func:`contended_channel`."""
+    return _unescape(message.decode() if isinstance(message, bytes) else message)
 
 
 def pool_defaults(prefix: str) -> str:

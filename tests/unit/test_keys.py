@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +15,8 @@ from cascade_celery.pools.keys import (
     constraints_channel,
     constraints_hash,
     constraints_version,
+    contended_channel,
+    contended_pool,
     pool_defaults,
     pool_keys,
     pool_registry,
@@ -90,3 +94,15 @@ def test_app_wide_keys_live_under_the_prefix_and_differ() -> None:
     assert all(key.startswith("p:") for key in keys)
     assert len(set(keys)) == len(keys)
     assert not set(keys) & set(pool_keys("p", "pools"))
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_a_contended_announcement_names_its_pool_back(name: str) -> None:
+    # The scripts take the escaped name out of the capacity key, as this pattern does
+    # (includes/pool.lua: '^(.*):{pool:([^{}]*)}:capacity$').
+    match = re.fullmatch(r"(.*):\{pool:([^{}]*)\}:capacity", pool_keys("a:{b}", name).capacity)
+
+    assert match is not None
+    assert match.group(1) == "a:{b}"
+    assert contended_pool(match.group(2).encode()) == name
+    assert contended_channel("a:{b}") == "a:{b}:pools:contended"

@@ -14,6 +14,10 @@
     parked    HASH    task id -> message payload (opaque JSON), until its hand-off is confirmed
     seq       STRING  arrival counter
 
+  A pool whose line goes from empty to one waiter announces it on the pub/sub channel
+  "<prefix>:pools:contended" (message: the pool's name as escaped in its keys), so
+  processes stop reusing the leases of their ended tasks there (see runtime.py).
+
   Clock: every script uses Redis's own TIME, so leases mean the same on every host.
   Invariant: used == sum(units[m] for m in holders), and a task id is in waiters
   at most once.
@@ -63,6 +67,15 @@ local function add_used(k, delta)
   end
 end
 
+-- Put a task in line; the first waiter announces that the pool has a line now.
+local function add_waiter(k, position, task_id)
+  if redis.call('ZCARD', k.waiters) == 0 then
+    local prefix, name = string.match(k.capacity, '^(.*):{pool:([^{}]*)}:capacity$')
+    if prefix then redis.call('PUBLISH', prefix .. ':pools:contended', name) end
+  end
+  redis.call('ZADD', k.waiters, position, task_id)
+end
+
 -- Give back a running task's lease; true if the pool still held it (not reaped).
 local function release_lease(k, member)
   if redis.call('ZREM', k.holders, member) == 0 then return false end
@@ -85,7 +98,7 @@ local function reap(k, now)
     if string.sub(member, 1, 2) == 'r:' then task_id = string.sub(member, 3) end
     if task_id and redis.call('HEXISTS', k.parked, task_id) == 1 then
       local position = redis.call('HGET', k.units, 'q:' .. task_id) or 0
-      redis.call('ZADD', k.waiters, position, task_id)
+      add_waiter(k, position, task_id)
     else
       redis.call('HDEL', k.units, member)
       if task_id then redis.call('HDEL', k.units, 'q:' .. task_id, 'a:' .. task_id) end
@@ -148,7 +161,7 @@ local function park_in(k, task_id, units, payload, now)
   if not full and redis.call('ZCARD', k.waiters) == 0 then
     return false
   end
-  redis.call('ZADD', k.waiters, redis.call('INCR', k.seq), task_id)
+  add_waiter(k, redis.call('INCR', k.seq), task_id)
   redis.call('HSET', k.parked, task_id, payload)
   redis.call('HSET', k.units, 'r:' .. task_id, units, 'a:' .. task_id, now)
   return true
