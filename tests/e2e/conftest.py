@@ -69,7 +69,9 @@ def start_worker(
     """Start ``celery worker`` subprocesses running the test app; all stopped at the end."""
     started: list[WorkerProcess] = []
 
-    def start(pool: str = "prefork", concurrency: int = 4, **env: str) -> WorkerProcess:
+    def start(
+        pool: str = "prefork", concurrency: int = 4, queues: list[str] | None = None, **env: str
+    ) -> WorkerProcess:
         prefix = env.get("CASCADE_TEST_PREFIX", unique_prefix)
         worker = WorkerProcess(
             "tests.apps.gated_app",
@@ -77,7 +79,7 @@ def start_worker(
             concurrency=concurrency,
             env={**worker_env, **env},
             log_dir=tmp_path,
-            queues=[f"{prefix}-q"],
+            queues=queues or [f"{prefix}-q"],
         )
         started.append(worker)
         worker.start()
