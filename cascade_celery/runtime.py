@@ -328,9 +328,12 @@ class Runtime:
     def _pool_contended(self, pool: str) -> None:
         """``pool`` got a line: no more take-overs there for a while; release ended leases."""
         self._note_contention([pool], True, time.monotonic())
+        due: list[tuple[_Held, float]] = []
+        kept: list[tuple[_Held, float]] = []
         with self._ended_changed:
-            due = [entry for entry in self._ended if _holds(entry[0], pool)]
-            self._ended = [entry for entry in self._ended if not _holds(entry[0], pool)]
+            for entry in self._ended:
+                (due if _holds(entry[0], pool) else kept).append(entry)
+            self._ended = kept
         for held, ended in due:
             self._release(held.lease, ended)
 

@@ -84,6 +84,11 @@ def holders(server: RedisServer, prefix: str, pool: str = POOL) -> list[str]:
     return [member.decode() for member in server.client().zrange(keys.holders, 0, -1)]
 
 
+def holding_tasks(server: RedisServer, prefix: str, pool: str = POOL) -> list[str]:
+    """The ids of the tasks whose leases ``pool`` holds (as their members name them)."""
+    return [member.split(":")[1] for member in holders(server, prefix, pool)]
+
+
 def scripts_run(server: RedisServer) -> int:
     """How many Lua scripts Redis has run so far."""
     stats = server.client().info("commandstats")
@@ -157,7 +162,7 @@ def test_a_lowered_limit_is_not_overrun_by_a_take_over(
 
     # Then the next task does not start on the ended task's slot: it parks
     assert gate(runtime, app.tasks["gated.work"], "second") is None
-    assert [m.split(":")[1] for m in holders(redis_server_aof, unique_prefix)] == ["other"]
+    assert holding_tasks(redis_server_aof, unique_prefix) == ["other"]
 
 
 @pytest.mark.parametrize("lease_seconds", [2.0])
@@ -170,7 +175,7 @@ def test_a_lease_redis_has_not_confirmed_for_half_its_time_is_not_taken_over(
     time.sleep(lease_seconds / 2 + 0.1)  # the time that makes it stale, not a wait for an event
 
     assert gate(runtime, app.tasks["gated.work"], "second") is not None
-    assert [m.split(":")[1] for m in holders(redis_server_aof, unique_prefix)] == ["second"]
+    assert holding_tasks(redis_server_aof, unique_prefix) == ["second"]
 
 
 def test_a_lease_from_before_the_listener_resubscribed_is_not_taken_over(
@@ -186,7 +191,7 @@ def test_a_lease_from_before_the_listener_resubscribed_is_not_taken_over(
 
     # Then the next task asks Redis (which releases the old lease along)
     assert gate(runtime, app.tasks["gated.work"], "second") is not None
-    assert [m.split(":")[1] for m in holders(redis_server_aof, unique_prefix)] == ["second"]
+    assert holding_tasks(redis_server_aof, unique_prefix) == ["second"]
 
 
 def test_the_next_acquire_releases_the_ended_lease_along(
@@ -194,7 +199,7 @@ def test_the_next_acquire_releases_the_ended_lease_along(
 ) -> None:
     # Given a task that ended, its lease not released yet (the releaser would wait long)
     end_a_task(runtime, app, "first", release_delay=3600)
-    assert [m.split(":")[1] for m in holders(redis_server_aof, unique_prefix)] == ["first"]
+    assert holding_tasks(redis_server_aof, unique_prefix) == ["first"]
     before = scripts_run(redis_server_aof)
 
     # When the next task, of another pool, is admitted in the same process
@@ -205,9 +210,7 @@ def test_the_next_acquire_releases_the_ended_lease_along(
     assert holders(redis_server_aof, unique_prefix) == []
     assert int(redis_server_aof.client().get(pool_keys(unique_prefix, POOL).used)) == 0
     limited = concurrency_pool("task:gated.limited")
-    assert [m.split(":")[1] for m in holders(redis_server_aof, unique_prefix, limited)] == [
-        "second"
-    ]
+    assert holding_tasks(redis_server_aof, unique_prefix, limited) == ["second"]
 
 
 def test_the_releaser_releases_an_ended_lease_no_acquire_took(
