@@ -38,7 +38,7 @@ from cascade_celery.constraints.handlers import default_handlers
 from cascade_celery.constraints.manager import ConstraintManager, Decision
 from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.crash import crash_point
-from cascade_celery.pools import parking
+from cascade_celery.pools import direct, parking
 from cascade_celery.pools.keys import contended_channel, contended_pool, pool_defaults
 from cascade_celery.pools.resources import Lease, PoolHandoff, ResourceManager
 from cascade_celery.store import ConstraintStore
@@ -85,6 +85,8 @@ class Runtime:
         self.config = config
         #: Hand off through ``cascade.handoff.<queue>`` (workers consume them).
         self.handoff_queues = handoff_queues
+        #: Where the Lua scripts push this process's hand-offs (pools/direct.py), if they do.
+        self.direct: parking.DirectRoute | None = None
         self.pid = os.getpid()
         #: How this process names itself when it reports the constraint version it enforces.
         self.process = f"{socket.gethostname()}:{self.pid}"
@@ -141,6 +143,7 @@ class Runtime:
             self._publish_defaults()
             self.reload()
             self._connect_publisher()
+            self._find_direct_route()
             threads = (("listener", self._listen), ("releaser", self._release_ended),
                        ("keeper", self._keep))  # fmt: skip
             for name, target in threads:
@@ -157,6 +160,24 @@ class Runtime:
                 producer.connection.ensure_connection(max_retries=1)
         except Exception as exc:
             logger.debug("cascade: could not connect to the broker yet: %s", exc)
+
+    def _find_direct_route(self) -> None:
+        """Hand off through the Lua scripts if cascade's Redis is the broker's server."""
+        try:
+            broker_db = direct.broker_db_on(self.app, self.client)
+        except Exception as exc:
+            logger.info("cascade: hand-offs go through kombu (broker not inspected: %s)", exc)
+            return
+        if broker_db is None:  # the broker is elsewhere: the scripts must stop pushing
+            direct.report(self.client, self.config.redis_prefix, None, 0)
+        elif self.handoff_queues:
+            self.direct = parking.DirectRoute(broker_db, direct.own_db(self.client))
+            self._report_direct()
+
+    def _report_direct(self) -> None:
+        if self.direct is not None:
+            ttl = max(5.0, 5 * self.config.sweep_interval)
+            direct.report(self.client, self.config.redis_prefix, self.direct, ttl)
 
     @property
     def listening(self) -> bool:
@@ -239,7 +260,7 @@ class Runtime:
                 if decision.denied_by is not None or (
                     reserved_in not in pools and self._likely_blocked(pools)
                 ):
-                    payload = parking.capture(task, request, args, kwargs, info.queue)
+                    payload = parking.capture(task, request, args, kwargs, info.queue, self.direct)
                 ended = self._take_ended()
                 asked, epoch = time.monotonic(), self._listen_epoch
                 try:
@@ -264,7 +285,7 @@ class Runtime:
                 parked = result.parked
                 if payload is None:
                     units = pools[pool]
-                    payload = parking.capture(task, request, args, kwargs, info.queue)
+                    payload = parking.capture(task, request, args, kwargs, info.queue, self.direct)
                     parked, handoffs = self.resources.park(
                         task_id, pool, units, decision.capacities[pool], payload
                     )
@@ -413,9 +434,14 @@ class Runtime:
                 self._release(lease, ended)
 
     def publish_handoffs(self, handoffs: Iterable[PoolHandoff]) -> None:
-        """Publish parked tasks handed a slot, then confirm those that were published."""
+        """Publish parked tasks handed a slot, then confirm those that were published.
+
+        Hand-offs the script pushed itself (direct, no payload) are done already.
+        """
         published = []
         for handoff in handoffs:
+            if not handoff.payload:
+                continue
             crash_point("before_handoff_publish")
             try:
                 parking.publish(
@@ -574,6 +600,7 @@ class Runtime:
                     else:
                         with self._reload_lock:
                             self._report_applied()
+                    self._report_direct()
                     self.sweep_all()
             except Exception as exc:
                 logger.warning("cascade: keeper: %s", exc)

@@ -16,6 +16,8 @@ Per app::
     <p>:pools:contended          pub/sub channel: a pool's line got its first waiter
                                          (message: the pool's name, escaped as in its keys)
     <p>:defaults                 HASH    pool -> capacity declared in code (task options)
+    <p>:handoff:direct           STRING  the broker's DB the scripts push hand-offs into,
+                                         while processes report it (pools/direct.py)
     <p>:constraints              HASH    constraint id -> constraint JSON (the active set)
     <p>:constraints:version      STRING  bumped on every change to the set
     <p>:constraints:changed      pub/sub channel announcing a new version
@@ -83,6 +85,11 @@ def contended_channel(prefix: str) -> str:
 def contended_pool(message: bytes | str) -> str:
     """The pool named by a message on :func:`contended_channel`."""
     return _unescape(message.decode() if isinstance(message, bytes) else message)
+
+
+def handoff_direct(prefix: str) -> str:
+    """The broker DB the Lua scripts push direct hand-offs into (built in Lua too)."""
+    return f"{prefix}:handoff:direct"
 
 
 def pool_defaults(prefix: str) -> str:

@@ -5,6 +5,16 @@ headers (``parent_id``, ``root_id``, ``group``, ``retries``, stamps, custom head
 body (args, kwargs, callbacks, errbacks, chain, chord), properties (``correlation_id``,
 ``reply_to``, ``priority``, ``app_id`` …) and routing. Publishing it from inside another
 task therefore can't rewrite ``parent_id``, as ``apply_async`` would.
+
+Two payload formats:
+
+- JSON (``{"v": 1, ...}``): the message's parts; the process that hands it off
+  publishes it through kombu, then confirms.
+- Direct (``cascade-direct <broker db> <own db> <key length>\n<list key><envelope>``),
+  when cascade's Redis is the broker's server: the kombu Redis envelope of its hand-off,
+  built when it parks. The Lua script that hands it off pushes it onto the broker's list
+  itself (lua/includes/pool.lua), in the same step: no publish, no confirm. The pool it
+  parks in is written into the envelope's hand-off header by the script that parks it.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -37,6 +48,20 @@ ROUTE_HEADER = "cascade_route"
 #: Header naming the pool a handed-off message holds a reservation in.
 HANDOFF_POOL_HEADER = "cascade_handoff_pool"
 _HANDOFF_PREFIX = "cascade.handoff."
+#: Starts a direct payload (see the module's docstring).
+DIRECT_MAGIC = b"cascade-direct "
+#: The hand-off header's value in a direct envelope until it parks: the script parking it
+#: writes the pool's name there. It is the envelope's first string that can hold it
+#: (its body is base64, its content type and encoding are not user data).
+POOL_PLACEHOLDER = "\x00cascade-pool"
+
+
+@dataclass(frozen=True)
+class DirectRoute:
+    """The broker's Redis DB, on cascade's Redis server, and cascade's own DB there."""
+
+    broker_db: int
+    own_db: int
 
 
 def handoff_queue(queue: str) -> str:
@@ -69,10 +94,18 @@ def original_route(request: Any) -> tuple[str, str]:
     return str(delivery.get("exchange") or ""), str(delivery.get("routing_key") or "")
 
 
-def capture(task: Task, request: Any, args: Any, kwargs: Any, queue: str | None) -> bytes:
+def capture(
+    task: Task,
+    request: Any,
+    args: Any,
+    kwargs: Any,
+    queue: str | None,
+    direct: DirectRoute | None = None,
+) -> bytes:
     """Serialize the message of an execution of ``task`` (``request``: its Context).
 
-    ``queue`` is the queue it was routed to, used to pick its hand-off queue.
+    ``queue`` is the queue it was routed to, used to pick its hand-off queue. With
+    ``direct`` (and a queue) the payload is its hand-off's envelope (direct format).
     """
     attributes = vars(request)
     headers = {name: attributes[name] for name in _HEADERS if name in attributes}
@@ -117,7 +150,63 @@ def capture(task: Task, request: Any, args: Any, kwargs: Any, queue: str | None)
         # task can tell this payload from the one it published (lua/confirm.lua).
         "token": uuid.uuid4().hex,
     }
+    if direct is not None and queue:
+        return _direct_payload(task.app, direct, payload)
     return str(json_dumps(payload)).encode()
+
+
+def _direct_payload(app: Celery, route: DirectRoute, message: dict[str, Any]) -> bytes:
+    """The kombu Redis envelope a publish to ``message``'s hand-off queue would push,
+    with its list key: built by the broker channel's own methods."""
+    queue = handoff_queue(message["queue"])
+    headers = {
+        HANDOFF_POOL_HEADER: POOL_PLACEHOLDER,  # first, see POOL_PLACEHOLDER
+        **message["headers"],
+        ROUTE_HEADER: [message["exchange"], message["routing_key"]],
+    }
+    properties = {**message["properties"], "delivery_mode": 2}  # persistent, as kombu's
+    priority = properties.pop("priority", None)
+    with app.producer_or_acquire() as producer:
+        channel = producer.channel
+        envelope = channel.prepare_message(
+            base64.b64decode(message["body"]), priority, message["content_type"],
+            message["content_encoding"], headers, properties,
+        )  # fmt: skip
+        # basic_publish's own steps for the default exchange: encode the body, give the
+        # delivery its tag (unique per parking: a duplicate push is told apart), route.
+        channel._inplace_augment_message(envelope, "", queue)
+        priority_step = channel._get_message_priority(envelope, reverse=False)
+        key = getattr(channel, "global_keyprefix", "") + channel._q_for_pri(queue, priority_step)
+    head = f"{route.broker_db} {route.own_db} {len(key.encode())}\n{key}".encode()
+    return DIRECT_MAGIC + head + str(json_dumps(envelope)).encode()
+
+
+def _from_direct(payload: bytes) -> dict[str, Any]:
+    """A direct payload's message parts, as :func:`capture` stores them in JSON."""
+    head, _, rest = payload.partition(b"\n")
+    envelope = json_loads(rest[int(head.rsplit(b" ", 1)[1]) :])
+    headers = dict(envelope["headers"])
+    exchange, routing_key = headers.pop(ROUTE_HEADER)
+    headers.pop(HANDOFF_POOL_HEADER, None)
+    properties = {
+        key: value
+        for key, value in envelope["properties"].items()
+        if key not in _TRANSPORT_PROPERTIES and key != "delivery_mode"
+    }
+    handoff = str(envelope["properties"]["delivery_info"]["routing_key"])
+    body = envelope["body"]
+    if envelope["properties"].get("body_encoding") != "base64":  # a transport option
+        body = base64.b64encode(body.encode()).decode()
+    return {
+        "headers": headers,
+        "properties": properties,
+        "content_type": envelope["content-type"],
+        "content_encoding": envelope["content-encoding"],
+        "body": body,
+        "exchange": exchange,
+        "routing_key": routing_key,
+        "queue": handoff[len(_HANDOFF_PREFIX) :],
+    }
 
 
 def publish(
@@ -133,7 +222,7 @@ def publish(
     ``via_handoff_queue`` sends it to its queue's hand-off queue, ahead of any backlog;
     its original route travels in a header. Return its task id.
     """
-    message = json_loads(payload)
+    message = _from_direct(payload) if payload.startswith(DIRECT_MAGIC) else json_loads(payload)
     headers = {**message["headers"], **(headers or {})}
     exchange, routing_key = message["exchange"], message["routing_key"]
     declare: list[Queue] = []

@@ -33,7 +33,8 @@ class Lease:
 
 @dataclass(frozen=True)
 class PoolHandoff:
-    """A hand-off with its pool's name resolved."""
+    """A hand-off with its pool's name resolved; an empty payload: the script pushed it
+    onto the broker's list itself (direct, nothing to publish or confirm)."""
 
     pool: str
     task_id: str

@@ -32,7 +32,8 @@ SOURCES = {name: load_lua(name) for name in SCRIPT_NAMES}
 
 @dataclass(frozen=True)
 class Handoff:
-    """A parked task popped for hand-off: publish ``payload``, then confirm."""
+    """A parked task popped for hand-off: publish ``payload``, then confirm (an empty
+    payload: pushed by the script already)."""
 
     pool_index: int
     task_id: str

@@ -12,7 +12,7 @@
     ARGV[1]     task id
     ARGV[2]     units the task needs
     ARGV[3]     capacity in the caller's view (-1: unlimited)
-    ARGV[4]     payload: the message to publish at hand-off (opaque JSON)
+    ARGV[4]     payload: the message to hand off (pools/parking.py: JSON or direct)
     ARGV[5]     reservation ttl in milliseconds
     ARGV[6]     most waiters to hand off
 

@@ -11,12 +11,19 @@
                       "q:<task id>" -> arrival position of a task handed off from the line
                       "a:<task id>" -> when the task was parked (ms), for "oldest wait"
     waiters   ZSET    task id -> arrival sequence (FIFO, lowest first)
-    parked    HASH    task id -> message payload (opaque JSON), until its hand-off is confirmed
+    parked    HASH    task id -> message payload, until its hand-off is confirmed (or pushed)
     seq       STRING  arrival counter
 
   A pool whose line goes from empty to one waiter announces it on the pub/sub channel
   "<prefix>:pools:contended" (message: the pool's name as escaped in its keys), so
   processes stop reusing the leases of their ended tasks there (see runtime.py).
+
+  A payload in the direct format ("cascade-direct <broker db> <own db> <key length>\n"
+  then the broker's list key and the kombu envelope, see pools/parking.py) gets the
+  pool's name in its hand-off header when it parks, and is handed off by pushing the
+  envelope onto that list (in the broker's DB on this server) at once, while some
+  process reports that DB as its broker ("<prefix>:handoff:direct" holds the DB's
+  number); otherwise it is returned like any payload, for the caller to publish.
 
   Clock: every script uses Redis's own TIME, so leases mean the same on every host.
   Invariant: used == sum(units[m] for m in holders), and a task id is in waiters
@@ -67,13 +74,60 @@ local function add_used(k, delta)
   end
 end
 
+-- The key prefix and the pool's name as escaped in its keys (pools/keys.py).
+local function prefix_and_name(k)
+  return string.match(k.capacity, '^(.*):{pool:([^{}]*)}:capacity$')
+end
+
 -- Put a task in line; the first waiter announces that the pool has a line now.
 local function add_waiter(k, position, task_id)
   if redis.call('ZCARD', k.waiters) == 0 then
-    local prefix, name = string.match(k.capacity, '^(.*):{pool:([^{}]*)}:capacity$')
+    local prefix, name = prefix_and_name(k)
     if prefix then redis.call('PUBLISH', prefix .. ':pools:contended', name) end
   end
   redis.call('ZADD', k.waiters, position, task_id)
+end
+
+local DIRECT = 'cascade-direct '
+local PLACEHOLDER = '"\\u0000cascade-pool"'
+
+local function is_direct(payload)
+  return string.sub(payload, 1, #DIRECT) == DIRECT
+end
+
+-- A direct payload parking in the pool: its hand-off header names the pool.
+local function naming_pool(k, payload)
+  if not is_direct(payload) then return payload end
+  local at, to = string.find(payload, PLACEHOLDER, 1, true)
+  local _, escaped = prefix_and_name(k)
+  if not at or not escaped then return payload end
+  local name = string.gsub(string.gsub(string.gsub(escaped, '%%7B', '{'), '%%7D', '}'),
+                           '%%25', '%%')
+  return string.sub(payload, 1, at - 1) .. cjson.encode(name) .. string.sub(payload, to + 1)
+end
+
+-- Push a direct payload's envelope onto the broker's list; false if it is not direct,
+-- no process reports that DB as its broker, or the push failed (it stays parked).
+local function push_direct(k, payload)
+  if not is_direct(payload) then return false end
+  local newline = string.find(payload, '\n', 1, true)
+  if not newline then return false end
+  local broker_db, own_db, length = string.match(
+    string.sub(payload, #DIRECT + 1, newline - 1), '^(%d+) (%d+) (%d+)$')
+  local prefix = prefix_and_name(k)
+  if not length or not prefix
+      or redis.call('GET', prefix .. ':handoff:direct') ~= broker_db then
+    return false
+  end
+  local key = string.sub(payload, newline + 1, newline + tonumber(length))
+  redis.call('SELECT', broker_db)
+  local pushed = redis.pcall('LPUSH', key, string.sub(payload, newline + tonumber(length) + 1))
+  redis.call('SELECT', own_db)
+  if type(pushed) ~= 'number' then
+    redis.log(redis.LOG_WARNING, 'cascade: direct hand-off push failed: ' .. tostring(pushed.err))
+    return false
+  end
+  return true
 end
 
 -- Give back a running task's lease; true if the pool still held it (not reaped).
@@ -119,8 +173,9 @@ local function drop_reservation(k, task_id)
 end
 
 -- Hand free room to waiters in arrival order, at most `max` of them. Each gets a
--- reservation lease of ttl_ms; its payload is appended to `out` as
--- (pool index, task id, payload) for the caller to publish, then confirm.
+-- reservation lease of ttl_ms and is appended to `out` as (pool index, task id,
+-- payload): for the caller to publish, then confirm; or pushed here (direct format),
+-- its payload forgotten, and appended with an empty payload.
 local function dispatch(k, index, now, ttl_ms, max, out)
   local capacity = capacity_of(k)
   local handed = 0
@@ -141,6 +196,10 @@ local function dispatch(k, index, now, ttl_ms, max, out)
       redis.call('ZREM', k.waiters, task_id)
       redis.call('ZADD', k.holders, now + ttl_ms, member)
       add_used(k, units)
+      if push_direct(k, payload) then
+        redis.call('HDEL', k.parked, task_id)
+        payload = ''
+      end
       out[#out + 1] = index
       out[#out + 1] = task_id
       out[#out + 1] = payload
@@ -152,6 +211,7 @@ end
 -- Park a task at the back of the line unless the pool has room for it now (false:
 -- acquire again). One already waiting (a duplicate delivery) keeps its place.
 local function park_in(k, task_id, units, payload, now)
+  payload = naming_pool(k, payload)
   if redis.call('ZSCORE', k.waiters, task_id) then
     redis.call('HSET', k.parked, task_id, payload)
     return true

@@ -1,0 +1,126 @@
+"""The guarantees again with cascade's Redis on the broker's server (DB 1 beside DB 0, as
+in the README's example), where the Lua scripts push hand-offs onto the broker's lists
+themselves: limit, arrival order, no loss, the message kept, canvas, backlog.
+
+The tests below are the other modules' own, collected here again with this module's
+fixtures: one Redis server for the broker, the result backend and cascade.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+from celery import Celery
+
+from cascade_celery import DEFERRED, Cascade
+from cascade_celery.pools.keys import handoff_direct
+from tests.e2e.conftest import LEASE_SECONDS, StartWorker
+from tests.e2e.test_canvas import (
+    test_chain_with_every_step_deferred_completes,
+    test_chord_callback_runs_once_after_deferred_members,
+)
+from tests.e2e.test_fair import test_waiters_start_in_arrival_order
+from tests.e2e.test_handoff import (
+    test_a_task_handed_off_by_a_resume_gives_its_pause_reservation_back_when_it_runs,
+    test_handed_off_task_does_not_wait_behind_a_backlog,
+    test_handoff_keeps_custom_headers_priority_and_queue_scope,
+)
+from tests.e2e.test_never_over_limit import (
+    test_limit_holds_with_every_pool,
+    test_two_prefork_workers_run_100_tasks_at_most_3_at_once,
+)
+from tests.e2e.test_pause import test_pause_parks_tasks_and_resume_runs_every_one
+from tests.e2e.timeline import runs
+from tests.harness.redis_server import RedisServer
+from tests.harness.waiting import wait_for
+
+BROKER_DB, CASCADE_DB = 0, 1
+
+__all__ = [
+    "test_a_task_handed_off_by_a_resume_gives_its_pause_reservation_back_when_it_runs",
+    "test_chain_with_every_step_deferred_completes",
+    "test_chord_callback_runs_once_after_deferred_members",
+    "test_handed_off_task_does_not_wait_behind_a_backlog",
+    "test_handoff_keeps_custom_headers_priority_and_queue_scope",
+    "test_limit_holds_with_every_pool",
+    "test_pause_parks_tasks_and_resume_runs_every_one",
+    "test_two_prefork_workers_run_100_tasks_at_most_3_at_once",
+    "test_waiters_start_in_arrival_order",
+]
+
+
+@pytest.fixture
+def worker_env(redis_server: RedisServer, unique_prefix: str) -> dict[str, str]:
+    return {
+        "CASCADE_TEST_BROKER": redis_server.url(BROKER_DB),
+        "CASCADE_TEST_REDIS": redis_server.url(CASCADE_DB),
+        "CASCADE_TEST_PREFIX": unique_prefix,
+        "CASCADE_TEST_LEASE": str(LEASE_SECONDS),
+    }
+
+
+@pytest.fixture
+def broker_client(redis_server: RedisServer) -> redis.Redis:
+    return redis_server.client(BROKER_DB)
+
+
+class HandoffPushes:
+    """Every LPUSH onto a hand-off queue the server runs, and who ran it (Redis MONITOR)."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.pushes: list[str] = []  # "lua" for a script, else the client's transport
+        self._monitor = server.client().monitor()
+        self._monitor.__enter__()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        try:
+            for entry in self._monitor.listen():
+                command = str(entry.get("command", ""))
+                if command.upper().startswith("LPUSH CASCADE.HANDOFF."):
+                    self.pushes.append(str(entry.get("client_type")))
+        except (redis.exceptions.ConnectionError, AttributeError, ValueError):
+            return  # closed by stop()
+
+    def stop(self) -> None:
+        self._monitor.connection.disconnect()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def handoff_pushes(redis_server: RedisServer) -> Iterator[HandoffPushes]:
+    pushes = HandoffPushes(redis_server)
+    yield pushes
+    pushes.stop()
+
+
+def test_workers_on_the_broker_server_hand_off_from_the_release_script(
+    gated_app: Celery,
+    cascade: Cascade,
+    start_worker: StartWorker,
+    broker_client: redis.Redis,
+    redis_server: RedisServer,
+    unique_prefix: str,
+    handoff_pushes: HandoffPushes,
+) -> None:
+    # Given a limit of 1 held by a blocker, and 5 tasks parked behind it
+    cascade.limit("task:gated.work", 1)
+    start_worker(pool="prefork", concurrency=3)
+    work = gated_app.tasks["gated.work"]
+    blocker = work.delay("blocker", 0.5)
+    wait_for(lambda: runs(broker_client, unique_prefix), timeout=30)
+    waiting = [work.delay(i, 0.01) for i in range(5)]
+    wait_for(lambda: all(result.state == DEFERRED for result in waiting), timeout=30)
+
+    # When the blocker ends, then each of them
+    assert blocker.get(timeout=30) == "blocker"
+    assert [result.get(timeout=30) for result in waiting] == list(range(5))
+
+    # Then every hand-off was pushed by a script, none published by a process
+    assert redis_server.client(CASCADE_DB).get(handoff_direct(unique_prefix)) == b"0"
+    wait_for(lambda: len(handoff_pushes.pushes) >= 5, timeout=10)
+    assert handoff_pushes.pushes == ["lua"] * 5

@@ -1,0 +1,202 @@
+"""Direct hand-off: with cascade's Redis on the broker's server, the script that frees a
+slot pushes the next parked task's kombu envelope onto the hand-off queue itself.
+
+The envelope must be the one a kombu publish would push (same list, same message but
+its delivery tag); the push happens only while a process reports the broker's DB, and
+a push the server refuses falls back to a kombu publish: no task is stranded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from cascade_celery import Cascade, Constraint, Scope
+from cascade_celery.pools import parking
+from cascade_celery.pools.keys import handoff_direct, pool_defaults, pool_keys
+from cascade_celery.pools.resources import ResourceManager
+from cascade_celery.runtime import Runtime
+from tests.apps.gated_app import make_app
+from tests.harness.redis_server import RedisServer
+from tests.integration.test_runtime_releases import gate, request_for
+
+POOL = "constraint:concurrency:task:gated.work"
+ONE = Constraint("one", "concurrency", Scope.parse("task:gated.work"), {"limit": 1})
+HANDOFF_QUEUE = parking.handoff_queue("q")
+BROKER_DB, CASCADE_DB = 0, 1
+
+
+def runtime_for(app: Celery) -> Runtime:
+    runtime = Cascade.for_app(app).runtime()
+    runtime.handoff_queues = True  # as in a worker consuming the hand-off queues
+    runtime.release_delay = 0.0
+    runtime.store.put(ONE)
+    runtime.ensure_ready()
+    return runtime
+
+
+@pytest.fixture
+def app(redis_server: RedisServer, unique_prefix: str) -> Iterator[Celery]:
+    """Broker in DB 0 and cascade in DB 1 of one server, as in the README's example."""
+    app = make_app(redis_server.url(BROKER_DB), redis_server.url(CASCADE_DB), unique_prefix)
+    yield app
+    Cascade.for_app(app).close()
+
+
+@pytest.fixture
+def runtime(app: Celery) -> Runtime:
+    return runtime_for(app)
+
+
+def handoffs_queued(server: RedisServer, key: str = HANDOFF_QUEUE) -> list[dict[str, Any]]:
+    """The messages in a hand-off list of the broker's DB, oldest first."""
+    return [json.loads(raw) for raw in reversed(server.client(BROKER_DB).lrange(key, 0, -1))]
+
+
+def park_behind_a_running_task(runtime: Runtime, app: Celery, waiter: str = "waiter") -> None:
+    assert gate(runtime, app.tasks["gated.work"], "running") is not None
+    assert gate(runtime, app.tasks["gated.work"], waiter) is None  # parked
+
+
+def parked(server: RedisServer, prefix: str) -> dict[bytes, bytes]:
+    return server.client(CASCADE_DB).hgetall(pool_keys(prefix, POOL).parked)
+
+
+def test_a_process_whose_broker_is_its_redis_server_reports_the_broker_db(
+    runtime: Runtime, redis_server: RedisServer, unique_prefix: str
+) -> None:
+    assert runtime.direct == parking.DirectRoute(BROKER_DB, CASCADE_DB)
+    assert redis_server.client(CASCADE_DB).get(handoff_direct(unique_prefix)) == b"0"
+    assert redis_server.client(CASCADE_DB).pttl(handoff_direct(unique_prefix)) > 0
+
+
+def test_a_process_whose_broker_is_elsewhere_stops_direct_hand_offs(
+    runtime: Runtime, broker_redis: RedisServer, redis_server: RedisServer, unique_prefix: str
+) -> None:
+    # Given a fleet handing off directly (runtime), when a process whose broker is
+    # another server starts on the same cascade Redis
+    other = make_app(broker_redis.url(), redis_server.url(CASCADE_DB), unique_prefix)
+    try:
+        elsewhere = runtime_for(other)
+
+        # Then it hands off through kombu and the scripts stop pushing
+        assert elsewhere.direct is None
+        assert redis_server.client(CASCADE_DB).get(handoff_direct(unique_prefix)) is None
+    finally:
+        Cascade.for_app(other).close()
+
+
+def test_the_release_pushes_the_parked_task_onto_its_hand_off_queue_in_the_same_step(
+    app: Celery, runtime: Runtime, redis_server: RedisServer, unique_prefix: str
+) -> None:
+    # Given a task parked behind a running one
+    park_behind_a_running_task(runtime, app)
+    (payload,) = parked(redis_server, unique_prefix).values()
+    assert payload.startswith(parking.DIRECT_MAGIC)
+
+    # When the running task's slot is released
+    handoffs = runtime.resources.release(runtime._leases.popitem()[1].lease)
+
+    # Then the script pushed the waiter's message itself: nothing to publish or confirm
+    assert [(h.task_id, h.payload) for h in handoffs] == [("waiter", b"")]
+    assert parked(redis_server, unique_prefix) == {}
+    (message,) = handoffs_queued(redis_server)
+    assert message["headers"]["id"] == "waiter"
+    assert message["headers"][parking.HANDOFF_POOL_HEADER] == POOL
+    assert message["headers"][parking.ROUTE_HEADER] == ["", "q"]
+
+
+@pytest.mark.parametrize(
+    ("priority", "keyprefix"), [(None, ""), (7, ""), (None, "tenant:")], ids=str
+)
+def test_a_pushed_envelope_is_the_one_a_kombu_publish_would_push(
+    redis_server: RedisServer, unique_prefix: str, priority: int | None, keyprefix: str
+) -> None:
+    app = make_app(redis_server.url(BROKER_DB), redis_server.url(CASCADE_DB), unique_prefix)
+    app.conf.broker_transport_options = {"global_keyprefix": keyprefix} if keyprefix else {}
+    try:
+        runtime = runtime_for(app)
+        request = request_for("waiter")
+        if priority is not None:
+            request.delivery_info["priority"] = priority
+        task = app.tasks["gated.work"]
+        kombu_payload = parking.capture(task, request, (), {}, "q")
+        direct_payload = parking.capture(task, request, (), {}, "q", runtime.direct)
+        pool = "odd {name} 100%7B"  # braces and an escape-like text are escaped in keys
+        cascade_client = redis_server.client(CASCADE_DB)
+        cascade_client.hset(pool_defaults(unique_prefix), pool, 1)  # the runtime's sweeps too
+        rm = ResourceManager(cascade_client, prefix=unique_prefix, lease_seconds=30)
+        held = rm.try_acquire("running", [(pool, 1)], {pool: 1}).lease
+        assert held is not None
+        assert rm.park("waiter", pool, 1, 1, direct_payload)[0]
+
+        # When the slot is released (pushed), and the same message is published by kombu
+        assert [h.payload for h in rm.release(held)] == [b""]
+        parking.publish(app, kombu_payload, headers={parking.HANDOFF_POOL_HEADER: pool},
+                        via_handoff_queue=True)  # fmt: skip
+
+        # Then both are in the same list, equal but for the delivery's tag
+        step = {None: "", 7: "\x06\x166"}[priority]
+        pushed, published = handoffs_queued(redis_server, f"{keyprefix}{HANDOFF_QUEUE}{step}")
+        for message in (pushed, published):
+            del message["properties"]["delivery_tag"]
+        pushed["headers"].pop("cascade_route"), published["headers"].pop("cascade_route")
+        assert pushed == published
+        assert pushed["headers"][parking.HANDOFF_POOL_HEADER] == pool
+    finally:
+        Cascade.for_app(app).close()
+
+
+def test_without_a_process_reporting_the_broker_db_the_hand_off_is_published_by_kombu(
+    app: Celery, runtime: Runtime, redis_server: RedisServer, unique_prefix: str
+) -> None:
+    # Given a parked direct payload, and no process reporting the broker DB any more
+    # (the fleet moved its broker; the last such report expired)
+    park_behind_a_running_task(runtime, app)
+    redis_server.client(CASCADE_DB).delete(handoff_direct(unique_prefix))
+
+    # When the slot is released
+    handoffs = runtime.resources.release(runtime._leases.popitem()[1].lease)
+
+    # Then the script left it to the caller, who publishes it through kombu and confirms
+    assert [h.task_id for h in handoffs] == ["waiter"]
+    assert handoffs[0].payload.startswith(parking.DIRECT_MAGIC)
+    assert handoffs_queued(redis_server) == []
+    runtime.publish_handoffs(handoffs)
+    (message,) = handoffs_queued(redis_server)
+    assert message["headers"]["id"] == "waiter"
+    assert message["headers"][parking.HANDOFF_POOL_HEADER] == POOL
+    assert message["headers"][parking.ROUTE_HEADER] == ["", "q"]
+    assert parked(redis_server, unique_prefix) == {}
+
+
+def test_a_push_the_server_refuses_falls_back_to_a_kombu_publish(
+    redis_server: RedisServer, unique_prefix: str
+) -> None:
+    # Given cascade's Redis user may touch only cascade's keys (the broker has its own)
+    redis_server.client().execute_command(
+        "ACL", "SETUSER", "cascade", "on", ">secret", f"~{unique_prefix}*", "&*", "+@all"
+    )
+    cascade_url = redis_server.url(CASCADE_DB).replace("redis://", "redis://cascade:secret@")
+    app = make_app(redis_server.url(BROKER_DB), cascade_url, unique_prefix)
+    try:
+        runtime = runtime_for(app)
+        assert runtime.direct is not None
+        park_behind_a_running_task(runtime, app)
+
+        # When the slot is released: the script's push is refused (NOPERM)
+        handoffs = runtime.resources.release(runtime._leases.popitem()[1].lease)
+
+        # Then the caller publishes it through kombu, with the broker's own credentials
+        assert [h.task_id for h in handoffs] == ["waiter"]
+        assert handoffs[0].payload.startswith(parking.DIRECT_MAGIC)
+        runtime.publish_handoffs(handoffs)
+        (message,) = handoffs_queued(redis_server)
+        assert message["headers"]["id"] == "waiter"
+        assert parked(redis_server, unique_prefix) == {}
+    finally:
+        Cascade.for_app(app).close()
