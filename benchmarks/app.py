@@ -3,7 +3,8 @@ the driver builds its own copy with :func:`make_app`.
 
 Environment: ``BENCH_BROKER`` (broker and the event log), ``BENCH_REDIS`` (cascade's
 Redis), ``BENCH_MQTT`` (optional control plane), ``BENCH_PREFIX``, ``BENCH_PEER_LIMIT``
-(the peer's semaphore).
+(the peer's semaphore), ``BENCH_DIRECT`` (``0``: hand off through kombu even where the
+scripts could push hand-offs themselves).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def make_app(env: Mapping[str, str]) -> Celery:
     app.conf.update(
         cascade_redis_url=env["BENCH_REDIS"],
         cascade_redis_prefix=prefix,
+        cascade_direct_handoff=env.get("BENCH_DIRECT", "1") != "0",
         task_default_queue=f"{prefix}-q",
         task_ignore_result=True,
         worker_prefetch_multiplier=1,

@@ -26,12 +26,21 @@ class MosquittoWithNagle(MosquittoServer):
 
 
 class Cluster:
-    """A broker Redis, cascade's Redis, optionally Mosquitto, and workers of benchmarks.app."""
+    """A broker Redis, cascade's Redis, optionally Mosquitto, and workers of benchmarks.app.
 
-    def __init__(self, stack: ExitStack, directory: Path, *, mqtt: str | None) -> None:
+    ``shared``: cascade's Redis is DB 1 of the broker's server (as in the README's
+    example), where hand-offs are pushed by the Lua scripts; else a server of its own.
+    """
+
+    def __init__(
+        self, stack: ExitStack, directory: Path, *, mqtt: str | None, shared: bool = False
+    ) -> None:
         self.directory = directory
         self.broker = stack.enter_context(RedisServer(directory / "broker"))
-        self.redis = stack.enter_context(RedisServer(directory / "cascade"))
+        self.redis = self.broker if shared else stack.enter_context(
+            RedisServer(directory / "cascade")
+        )  # fmt: skip
+        self.redis_db = 1 if shared else 0
         self.mosquitto: MosquittoServer | None = None
         if mqtt is not None:
             kind = MosquittoWithNagle if mqtt == "nagle" else MosquittoServer
@@ -39,7 +48,7 @@ class Cluster:
         self.prefix = f"bench-{uuid.uuid4().hex[:6]}"
         self.env = {
             "BENCH_BROKER": self.broker.url(),
-            "BENCH_REDIS": self.redis.url(),
+            "BENCH_REDIS": self.redis.url(self.redis_db),
             "BENCH_PREFIX": self.prefix,
             "BENCH_PEER_LIMIT": "3",
         }
@@ -73,13 +82,17 @@ class Cluster:
         """A client of the broker's Redis (events, counters)."""
         return self.broker.client()
 
+    def cascade_client(self) -> redis.Redis:
+        """A client of cascade's Redis."""
+        return self.redis.client(self.redis_db)
+
 
 @contextmanager
-def cluster(*, mqtt: str | None = None) -> Iterator[tuple[Cluster, Celery]]:
+def cluster(*, mqtt: str | None = None, shared: bool = False) -> Iterator[tuple[Cluster, Celery]]:
     """A fresh cluster and the benchmark app configured for it (in this process)."""
     with ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cascade-bench-")))
-        made = Cluster(stack, directory, mqtt=mqtt)
+        made = Cluster(stack, directory, mqtt=mqtt, shared=shared)
         app = make_app(made.env)
         stack.callback(app.close)
         yield made, app

@@ -108,7 +108,7 @@ def overhead(runs: int, n: int) -> Result:
                 ratios[case].append(measured["gated"] / measured["plain"])
                 for kind, rate in measured.items():
                     rates.setdefault(f"{case}/{kind}", []).append(rate)
-        rtt = _redis_rtt(c.redis.client())
+        rtt = _redis_rtt(c.cascade_client())
     return {
         "redis_rtt_us": rtt,
         "ratio": {case: summary(values) for case, values in ratios.items()},
@@ -180,32 +180,51 @@ def _handoff_latencies(events: list[dict[str, Any]], limit: int, after: float = 
 _SETTLED_AFTER = 0.25
 
 
+def _gated_workers(c: Cluster, app: Celery, direct: bool, limit: int, seconds: float) -> None:
+    """Two prefork workers x 4, direct hand-offs on or off, warmed up (every variant too)."""
+    c.stop_workers()
+    c.start_workers(2, concurrency=4, env={"BENCH_DIRECT": "1" if direct else "0"})
+    _timed_run(c, app, "bench.gated_timed", (), 8 * limit, seconds)
+    for countdown in (1.0, 0.1):
+        _timed_run(c, app, "bench.peer_timed", (countdown,), 8 * limit, seconds)
+    _timed_run(c, app, "bench.relay", (), 8 * limit, seconds, chains=limit)
+
+
 def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Result:
     """Ours vs the peer (countdown 1 s and 0.1 s) under a binding limit, and with a backlog;
     and the floor plain Celery sets: ``limit`` chains of plain tasks, each publishing the
     next when it ends (no limit at all, just the broker's publish-to-start latency), which
-    with a backlog waits behind all of it."""
+    with a backlog waits behind all of it. cascade's Redis is DB 1 of the broker's server
+    (hand-offs pushed by the scripts); ours is measured again in every run with hand-offs
+    published through kombu (``cascade_direct_handoff`` off), on the same servers."""
     variants: dict[str, list[Result]] = {}
-    latencies: list[float] = []
-    settled_latencies: list[float] = []
-    floor_latencies: list[float] = []
-    backlog_latencies: list[float] = []
-    relay_backlog_latencies: list[float] = []
-    with cluster() as (c, app):
+    latencies: dict[str, list[float]] = {}
+    with cluster(shared=True) as (c, app):
         Cascade.for_app(app).limit("task:bench.gated_timed", limit)
-        c.start_workers(2, concurrency=4)
-        # Warm every process up first (imports, connections, first-call paths), the
-        # same for every variant: measured runs compare steady states.
-        _timed_run(c, app, "bench.gated_timed", (), 8 * limit, seconds)
-        for countdown in (1.0, 0.1):
-            _timed_run(c, app, "bench.peer_timed", (countdown,), 8 * limit, seconds)
-        _timed_run(c, app, "bench.relay", (), 8 * limit, seconds, chains=limit)
-        for _ in range(runs):
-            ours = _timed_run(c, app, "bench.gated_timed", (), n, seconds)
-            variants.setdefault("cascade", []).append(_utilization(ours, limit, seconds))
-            latencies += _handoff_latencies(ours, limit)
-            last_publish = max(e["published"] for e in ours)
-            settled_latencies += _handoff_latencies(ours, limit, last_publish + _SETTLED_AFTER)
+        for run in range(runs):
+            # Each mode's workers are started fresh and warmed up (imports, connections,
+            # first-call paths) the same way: measured runs compare steady states.
+            for direct in (True, False) if run % 2 == 0 else (False, True):
+                _gated_workers(c, app, direct, limit, seconds)
+                via = "" if direct else "_via_kombu"
+                ours = _timed_run(c, app, "bench.gated_timed", (), n, seconds)
+                variants.setdefault(f"cascade{via}", []).append(_utilization(ours, limit, seconds))
+                latencies.setdefault(f"handoff{via}_latency_ms", []).extend(
+                    _handoff_latencies(ours, limit)
+                )
+                last_publish = max(e["published"] for e in ours)
+                latencies.setdefault(f"handoff{via}_latency_after_arrivals_parked_ms", []).extend(
+                    _handoff_latencies(ours, limit, last_publish + _SETTLED_AFTER)
+                )
+                if not direct:
+                    continue
+                backlog = _timed_run(c, app, "bench.gated_timed", (), n, seconds, backlog=10 * n)
+                variants.setdefault("cascade_with_backlog", []).append(
+                    _utilization(backlog, limit, seconds)
+                )
+                latencies.setdefault("handoff_latency_with_backlog_ms", []).extend(
+                    _handoff_latencies(backlog, limit)
+                )
             for countdown in (1.0, 0.1):
                 peer = _timed_run(c, app, "bench.peer_timed", (countdown,), n, seconds)
                 variants.setdefault(f"peer_countdown_{countdown:g}s", []).append(
@@ -215,17 +234,16 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
             variants.setdefault("celery_relay_floor", []).append(
                 _utilization(relay, limit, seconds)
             )
-            floor_latencies += _handoff_latencies(relay, limit)
-            backlog = _timed_run(c, app, "bench.gated_timed", (), n, seconds, backlog=10 * n)
-            variants.setdefault("cascade_with_backlog", []).append(
-                _utilization(backlog, limit, seconds)
+            latencies.setdefault("celery_relay_latency_ms", []).extend(
+                _handoff_latencies(relay, limit)
             )
-            backlog_latencies += _handoff_latencies(backlog, limit)
             relay = _timed_run(c, app, "bench.relay", (), n, seconds, backlog=10 * n, chains=limit)
             variants.setdefault("celery_relay_with_backlog", []).append(
                 _utilization(relay, limit, seconds)
             )
-            relay_backlog_latencies += _handoff_latencies(relay, limit)
+            latencies.setdefault("celery_relay_latency_with_backlog_ms", []).extend(
+                _handoff_latencies(relay, limit)
+            )
     result: Result = {
         name: {key: summary([r[key] for r in results]) for key in results[0]}
         for name, results in variants.items()
@@ -236,13 +254,7 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
         result[f"makespan_ratio_vs_peer_{countdown}s"] = summary(
             [a / b for a, b in zip(ours, peer, strict=True)]
         )
-    for name, values in (
-        ("handoff_latency_ms", latencies),
-        ("handoff_latency_after_arrivals_parked_ms", settled_latencies),
-        ("celery_relay_latency_ms", floor_latencies),
-        ("handoff_latency_with_backlog_ms", backlog_latencies),
-        ("celery_relay_latency_with_backlog_ms", relay_backlog_latencies),
-    ):
+    for name, values in latencies.items():
         result[name] = {
             "p50": 1000 * percentile(values, 50),
             "p99": 1000 * percentile(values, 99),
@@ -252,6 +264,10 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
     floor = [r["makespan_s"] for r in variants["celery_relay_floor"]]
     result["makespan_ratio_vs_celery_relay_floor"] = summary(
         [a / b for a, b in zip(ours, floor, strict=True)]
+    )
+    via_kombu = [r["makespan_s"] for r in variants["cascade_via_kombu"]]
+    result["makespan_ratio_vs_handoff_via_kombu"] = summary(
+        [a / b for a, b in zip(ours, via_kombu, strict=True)]
     )
     result["n"], result["task_seconds"], result["limit"] = n, seconds, limit
     return result
@@ -373,7 +389,7 @@ def scale(runs: int, depth: int = 10_000, pools: int = 1_000, batch: int = 100) 
     load of 1,000 constraints."""
     payload = b"x" * 300
     with cluster(mqtt="nodelay") as (c, app):
-        client = c.redis.client()
+        client = c.cascade_client()
         rm = ResourceManager(client, prefix=c.prefix, lease_seconds=60, max_handoffs=1)
         lines = {"shallow": ("scale-shallow", 100), "deep": ("scale-deep", depth)}
         for label, (pool, parked) in lines.items():
@@ -432,7 +448,7 @@ def _load_constraints(c: Cluster, app: Celery, count: int) -> float:
         messages.append((protocol.topic_for(c.prefix, constraint.id), protocol.encode(constraint)))
     publish_retained(settings, messages, timeout=60)
     validate = ConstraintManager(default_handlers()).validate
-    store = ConstraintStore(c.redis.client(), f"{c.prefix}-load", validate)
+    store = ConstraintStore(c.cascade_client(), f"{c.prefix}-load", validate)
     listener = ConstraintListener(settings, c.prefix, store, ConstraintManager(default_handlers()),
                                   client_id=f"load-{uuid.uuid4().hex[:6]}")  # fmt: skip
     started = time.perf_counter()

@@ -37,6 +37,8 @@ def _wrap_release(release: Any) -> Any:
         for handoff in handoffs:  # stamped for the task handed off
             stamp("release_called", handoff.task_id, started)
             stamp("release_done", handoff.task_id)
+            if not handoff.payload:  # the script pushed it: published in the same step
+                stamp("published", handoff.task_id)
         return handoffs
 
     return traced

@@ -91,6 +91,7 @@ class CascadeConfig:
     redis_retry_max_delay: float = 30.0
     max_handoffs: int = 500
     handoff_queues: bool = True
+    direct_handoff: bool = True
     mqtt: MqttSettings | None = None
 
     @classmethod
@@ -115,6 +116,7 @@ class CascadeConfig:
             ),
             max_handoffs=_positive_int(conf, "cascade_max_handoffs", 500),
             handoff_queues=_flag(conf, "cascade_handoff_queues", default=True),
+            direct_handoff=_flag(conf, "cascade_direct_handoff", default=True),
             mqtt=_mqtt(conf),
         )
 

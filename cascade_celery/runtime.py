@@ -162,7 +162,8 @@ class Runtime:
             logger.debug("cascade: could not connect to the broker yet: %s", exc)
 
     def _find_direct_route(self) -> None:
-        """Hand off through the Lua scripts if cascade's Redis is the broker's server."""
+        """Hand off through the Lua scripts if cascade's Redis is the broker's server
+        (and ``cascade_direct_handoff`` is on)."""
         try:
             broker_db = direct.broker_db_on(self.app, self.client)
         except Exception as exc:
@@ -170,7 +171,7 @@ class Runtime:
             return
         if broker_db is None:  # the broker is elsewhere: the scripts must stop pushing
             direct.report(self.client, self.config.redis_prefix, None, 0)
-        elif self.handoff_queues:
+        elif self.handoff_queues and self.config.direct_handoff:
             self.direct = parking.DirectRoute(broker_db, direct.own_db(self.client))
             self._report_direct()
 

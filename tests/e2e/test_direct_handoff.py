@@ -29,7 +29,6 @@ from tests.e2e.test_handoff import (
     test_handoff_keeps_custom_headers_priority_and_queue_scope,
 )
 from tests.e2e.test_never_over_limit import (
-    test_limit_holds_with_every_pool,
     test_two_prefork_workers_run_100_tasks_at_most_3_at_once,
 )
 from tests.e2e.test_pause import test_pause_parks_tasks_and_resume_runs_every_one
@@ -45,7 +44,6 @@ __all__ = [
     "test_chord_callback_runs_once_after_deferred_members",
     "test_handed_off_task_does_not_wait_behind_a_backlog",
     "test_handoff_keeps_custom_headers_priority_and_queue_scope",
-    "test_limit_holds_with_every_pool",
     "test_pause_parks_tasks_and_resume_runs_every_one",
     "test_two_prefork_workers_run_100_tasks_at_most_3_at_once",
     "test_waiters_start_in_arrival_order",

@@ -200,3 +200,20 @@ def test_a_push_the_server_refuses_falls_back_to_a_kombu_publish(
         assert parked(redis_server, unique_prefix) == {}
     finally:
         Cascade.for_app(app).close()
+
+
+def test_with_direct_hand_off_off_the_process_parks_messages_for_kombu(
+    redis_server: RedisServer, unique_prefix: str
+) -> None:
+    app = make_app(redis_server.url(BROKER_DB), redis_server.url(CASCADE_DB), unique_prefix)
+    app.conf.cascade_direct_handoff = False
+    try:
+        runtime = runtime_for(app)
+        park_behind_a_running_task(runtime, app)
+
+        assert runtime.direct is None
+        assert redis_server.client(CASCADE_DB).get(handoff_direct(unique_prefix)) is None
+        (payload,) = parked(redis_server, unique_prefix).values()
+        assert json.loads(payload)["headers"]["id"] == "waiter"
+    finally:
+        Cascade.for_app(app).close()

@@ -57,6 +57,8 @@ def test_every_setting_is_read() -> None:
         cascade_redis_retry_delay=0.2,
         cascade_redis_retry_max_delay=5,
         cascade_max_handoffs=50,
+        cascade_handoff_queues=False,
+        cascade_direct_handoff=False,
     )
 
     assert config == CascadeConfig(
@@ -69,6 +71,8 @@ def test_every_setting_is_read() -> None:
         redis_retry_delay=0.2,
         redis_retry_max_delay=5.0,
         max_handoffs=50,
+        handoff_queues=False,
+        direct_handoff=False,
         mqtt=MqttSettings.from_url("mqtts://user:pw@broker:8883"),
     )
     assert isinstance(config.lease_seconds, float)
@@ -149,6 +153,10 @@ BAD_SETTINGS = [
     ("cascade_max_handoffs", 1.5),
     ("cascade_max_handoffs", True),
     ("cascade_max_handoffs", "500"),
+    ("cascade_handoff_queues", "yes"),
+    ("cascade_handoff_queues", 1),
+    ("cascade_direct_handoff", "false"),
+    ("cascade_direct_handoff", 0),
 ]
 
 
