@@ -130,6 +130,9 @@ class Runtime:
         self._version = -1
         self._kept_after_loss = False
         self._ready = False
+        #: Redis's clock minus this process's monotonic clock (ms), and the estimate's
+        #: error bound (ms): how old a direct hand-off's grant is.
+        self._redis_clock: tuple[float, float] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -142,6 +145,7 @@ class Runtime:
                 return
             self._publish_defaults()
             self.reload()
+            self._measure_redis_clock()
             self._connect_publisher()
             self._find_direct_route()
             threads = (("listener", self._listen), ("releaser", self._release_ended),
@@ -179,6 +183,18 @@ class Runtime:
         if self.direct is not None:
             ttl = max(5.0, 5 * self.config.sweep_interval)
             direct.report(self.client, self.config.redis_prefix, self.direct, ttl)
+
+    def _measure_redis_clock(self) -> None:
+        """Estimate Redis's clock against this process's monotonic clock (immune to this
+        host's clock steps), with the estimate's error bound. Best effort."""
+        before = time.monotonic()
+        try:
+            seconds, micros = self.client.time()
+        except redis.exceptions.RedisError:
+            return
+        after = time.monotonic()
+        offset = seconds * 1000 + micros / 1000 - (before + after) * 500
+        self._redis_clock = (offset, (after - before) * 500)
 
     @property
     def listening(self) -> bool:
@@ -249,6 +265,11 @@ class Runtime:
                 decision = self.manager.evaluate(info)
                 if decision.is_free:
                     self._give_back(task_id, reserved_in)
+                    return version
+                if reserved_in is not None and self._start_on_grant(
+                    task_id, request, decision, reserved_in
+                ):
+                    crash_point("after_acquire")
                     return version
                 if reserved_in is None and self._take_over(task_id, decision):
                     crash_point("after_acquire")
@@ -344,6 +365,30 @@ class Runtime:
                 return False
         self._leases[task_id, threading.get_ident()] = replace(
             held, lease=replace(held.lease, task_id=task_id)
+        )
+        return True
+
+    def _start_on_grant(self, task_id: str, request: Any, decision: Decision, pool: str) -> bool:
+        """Run a task the script handed off directly on its reservation, without a round
+        trip, while it surely still holds it: it needs that pool only, the units it was
+        granted, under a capacity no lower than then, and the grant is less than half a
+        lease old on Redis's clock. The reservation is then its lease (renewed, released)."""
+        grant, clock = parking.grant_of(request), self._redis_clock
+        if grant is None or clock is None or decision.denied_by is not None:
+            return False
+        capacity = decision.capacities.get(pool)
+        if decision.pools != ((pool, grant.units),) or (
+            capacity is not None and (grant.capacity is None or capacity < grant.capacity)
+        ):
+            return False
+        offset_ms, error_ms = clock
+        age_ms = time.monotonic() * 1000 + offset_ms - grant.at_ms + error_ms
+        if age_ms >= self.config.lease_seconds * 500:
+            return False
+        lease = Lease(task_id, f"r:{task_id}", decision.pools, contended=True)
+        confirmed = time.monotonic() - max(0.0, age_ms) / 1000
+        self._leases[task_id, threading.get_ident()] = _Held(
+            lease, _capacities(decision), confirmed, self._listen_epoch
         )
         return True
 
@@ -615,6 +660,7 @@ class Runtime:
         return max(0.005, wait)
 
     def _renew_all(self) -> None:
+        self._measure_redis_clock()
         for key, held in list(self._leases.items()):
             crash_point("before_renewal")
             asked = time.monotonic()

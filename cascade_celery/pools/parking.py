@@ -48,12 +48,17 @@ ROUTE_HEADER = "cascade_route"
 #: Header naming the pool a handed-off message holds a reservation in.
 HANDOFF_POOL_HEADER = "cascade_handoff_pool"
 _HANDOFF_PREFIX = "cascade.handoff."
+#: Header of a directly handed-off message: [when (ms, Redis clock), capacity (-1:
+#: unlimited), units] of the reservation the script handed it (lua/includes/pool.lua).
+GRANT_HEADER = "cascade_grant"
 #: Starts a direct payload (see the module's docstring).
 DIRECT_MAGIC = b"cascade-direct "
 #: The hand-off header's value in a direct envelope until it parks: the script parking it
 #: writes the pool's name there. It is the envelope's first string that can hold it
 #: (its body is base64, its content type and encoding are not user data).
 POOL_PLACEHOLDER = "\x00cascade-pool"
+#: The grant header's value until the script handing the message off writes it.
+GRANT_PLACEHOLDER = "\x00cascade-grant"
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,30 @@ def handed_off_from(request: Any) -> str | None:
     return pool if isinstance(pool, str) else None
 
 
+@dataclass(frozen=True)
+class Grant:
+    """The reservation a directly handed-off task was given, as the script wrote it."""
+
+    #: When, in ms on Redis's clock.
+    at_ms: int
+    #: The pool's capacity then (None: unlimited).
+    capacity: int | None
+    units: int
+
+
+def grant_of(request: Any) -> Grant | None:
+    """The grant a directly handed-off task carries, if it carries a valid one."""
+    grant = (request.headers or {}).get(GRANT_HEADER)
+    if (
+        not isinstance(grant, list)
+        or len(grant) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in grant)
+    ):
+        return None
+    at_ms, capacity, units = grant
+    return Grant(at_ms, None if capacity < 0 else capacity, units)
+
+
 def original_route(request: Any) -> tuple[str, str]:
     """The (exchange, routing key) a task was first sent with, through any hand-offs."""
     route = (request.headers or {}).get(ROUTE_HEADER)
@@ -110,8 +139,8 @@ def capture(
     attributes = vars(request)
     headers = {name: attributes[name] for name in _HEADERS if name in attributes}
     headers.update(request.headers or {})
-    headers.pop(ROUTE_HEADER, None)
-    headers.pop(HANDOFF_POOL_HEADER, None)
+    for header in (ROUTE_HEADER, HANDOFF_POOL_HEADER, GRANT_HEADER):
+        headers.pop(header, None)
     headers["task"] = task.name
     headers["id"] = request.id
     headers.setdefault("lang", "py")
@@ -161,6 +190,7 @@ def _direct_payload(app: Celery, route: DirectRoute, message: dict[str, Any]) ->
     queue = handoff_queue(message["queue"])
     headers = {
         HANDOFF_POOL_HEADER: POOL_PLACEHOLDER,  # first, see POOL_PLACEHOLDER
+        GRANT_HEADER: GRANT_PLACEHOLDER,
         **message["headers"],
         ROUTE_HEADER: [message["exchange"], message["routing_key"]],
     }
@@ -188,6 +218,7 @@ def _from_direct(payload: bytes) -> dict[str, Any]:
     headers = dict(envelope["headers"])
     exchange, routing_key = headers.pop(ROUTE_HEADER)
     headers.pop(HANDOFF_POOL_HEADER, None)
+    headers.pop(GRANT_HEADER, None)  # published, not pushed: no grant
     properties = {
         key: value
         for key, value in envelope["properties"].items()

@@ -9,11 +9,13 @@ a push the server refuses falls back to a kombu publish: no task is stranded.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
+from celery.app.task import Context
 
 from cascade_celery import Cascade, Constraint, Scope
 from cascade_celery.pools import parking
@@ -22,7 +24,8 @@ from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime import Runtime
 from tests.apps.gated_app import make_app
 from tests.harness.redis_server import RedisServer
-from tests.integration.test_runtime_releases import gate, request_for
+from tests.harness.waiting import wait_for
+from tests.integration.test_runtime_releases import gate, request_for, scripts_run
 
 POOL = "constraint:concurrency:task:gated.work"
 ONE = Constraint("one", "concurrency", Scope.parse("task:gated.work"), {"limit": 1})
@@ -139,12 +142,16 @@ def test_a_pushed_envelope_is_the_one_a_kombu_publish_would_push(
         parking.publish(app, kombu_payload, headers={parking.HANDOFF_POOL_HEADER: pool},
                         via_handoff_queue=True)  # fmt: skip
 
-        # Then both are in the same list, equal but for the delivery's tag
+        # Then both are in the same list, equal but for the delivery's tag and the grant
+        # the script wrote (when on Redis's clock, under capacity 1, for 1 unit)
         step = {None: "", 7: "\x06\x166"}[priority]
         pushed, published = handoffs_queued(redis_server, f"{keyprefix}{HANDOFF_QUEUE}{step}")
         for message in (pushed, published):
             del message["properties"]["delivery_tag"]
-        pushed["headers"].pop("cascade_route"), published["headers"].pop("cascade_route")
+        at_ms, capacity, units = pushed["headers"].pop(parking.GRANT_HEADER)
+        seconds, micros = redis_server.client().time()
+        assert 0 <= seconds * 1000 + micros // 1000 - at_ms < 10_000
+        assert (capacity, units) == (1, 1)
         assert pushed == published
         assert pushed["headers"][parking.HANDOFF_POOL_HEADER] == pool
     finally:
@@ -157,6 +164,7 @@ def test_without_a_process_reporting_the_broker_db_the_hand_off_is_published_by_
     # Given a parked direct payload, and no process reporting the broker DB any more
     # (the fleet moved its broker; the last such report expired)
     park_behind_a_running_task(runtime, app)
+    runtime.direct = None  # this process no longer reports it either
     redis_server.client(CASCADE_DB).delete(handoff_direct(unique_prefix))
 
     # When the slot is released
@@ -217,3 +225,78 @@ def test_with_direct_hand_off_off_the_process_parks_messages_for_kombu(
         assert json.loads(payload)["headers"]["id"] == "waiter"
     finally:
         Cascade.for_app(app).close()
+
+
+def hand_off_directly(runtime: Runtime, app: Celery, server: RedisServer) -> dict[str, Any]:
+    """Park a waiter behind a running task, end that task: the waiter's pushed message."""
+    park_behind_a_running_task(runtime, app)
+    runtime.release("running")
+    wait_for(lambda: handoffs_queued(server), timeout=10)
+    (message,) = handoffs_queued(server)
+    return message
+
+
+def delivered(message: dict[str, Any]) -> Context:
+    """The request a worker builds for a pushed hand-off message."""
+    return Context(
+        {"id": message["headers"]["id"], "headers": message["headers"],
+         "delivery_info": message["properties"]["delivery_info"]},
+        args=(), kwargs={}, called_directly=False,
+    )  # fmt: skip
+
+
+def start(runtime: Runtime, app: Celery, request: Context) -> int | None:
+    task = app.tasks["gated.work"]
+    return runtime.gate(task, request, task.cascade_info(request), (), {})
+
+
+def test_a_directly_handed_off_task_starts_on_its_reservation_without_a_round_trip(
+    app: Celery, runtime: Runtime, redis_server: RedisServer, unique_prefix: str
+) -> None:
+    keys = pool_keys(unique_prefix, POOL)
+    cascade_client = redis_server.client(CASCADE_DB)
+    request = delivered(hand_off_directly(runtime, app, redis_server))
+    before = scripts_run(redis_server)
+
+    # When the handed-off task arrives
+    assert start(runtime, app, request) is not None
+
+    # Then it runs on the reservation the script granted it, no script run, counted once
+    assert scripts_run(redis_server) == before
+    assert cascade_client.zrange(keys.holders, 0, -1) == [b"r:waiter"]
+    assert int(cascade_client.get(keys.used)) == 1
+
+    # And the reservation is renewed as its lease, then released with its bookkeeping
+    expiry = cascade_client.zscore(keys.holders, "r:waiter")
+    time.sleep(0.002)  # Redis's clock moves on (ms): a renewal sets a later expiry
+    runtime._renew_all()
+    assert cascade_client.zscore(keys.holders, "r:waiter") > expiry
+    runtime.release("waiter")
+    assert cascade_client.zrange(keys.holders, 0, -1) == []
+    assert int(cascade_client.get(keys.used)) == 0
+    assert cascade_client.hkeys(keys.units) == []
+
+
+@pytest.mark.parametrize(
+    "change", ["granted a lease ago", "granted under a higher capacity", "other units"]
+)
+def test_a_grant_that_may_no_longer_hold_is_checked_with_redis(
+    app: Celery, runtime: Runtime, redis_server: RedisServer, unique_prefix: str, change: str
+) -> None:
+    message = hand_off_directly(runtime, app, redis_server)
+    at_ms, capacity, units = message["headers"][parking.GRANT_HEADER]
+    message["headers"][parking.GRANT_HEADER] = {
+        "granted a lease ago": [at_ms - 30_000, capacity, units],
+        "granted under a higher capacity": [at_ms, capacity + 1, units],
+        "other units": [at_ms, capacity, units + 1],
+    }[change]
+    before = scripts_run(redis_server)
+
+    assert start(runtime, app, delivered(message)) is not None
+
+    # It asked Redis, which turned the reservation into a lease of its own
+    assert scripts_run(redis_server) == before + 1
+    (member,) = redis_server.client(CASCADE_DB).zrange(
+        pool_keys(unique_prefix, POOL).holders, 0, -1
+    )
+    assert member.startswith(b"t:waiter:")

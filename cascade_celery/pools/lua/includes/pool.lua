@@ -90,6 +90,7 @@ end
 
 local DIRECT = 'cascade-direct '
 local PLACEHOLDER = '"\\u0000cascade-pool"'
+local GRANT_PLACEHOLDER = '"\\u0000cascade-grant"'
 
 local function is_direct(payload)
   return string.sub(payload, 1, #DIRECT) == DIRECT
@@ -106,9 +107,10 @@ local function naming_pool(k, payload)
   return string.sub(payload, 1, at - 1) .. cjson.encode(name) .. string.sub(payload, to + 1)
 end
 
--- Push a direct payload's envelope onto the broker's list; false if it is not direct,
--- no process reports that DB as its broker, or the push failed (it stays parked).
-local function push_direct(k, payload)
+-- Push a direct payload's envelope onto the broker's list, its grant header saying when
+-- (ms) and under which capacity (-1: unlimited) it was handed how many units; false if
+-- it is not direct, no process reports that DB as its broker, or the push failed.
+local function push_direct(k, payload, now, capacity, units)
   if not is_direct(payload) then return false end
   local newline = string.find(payload, '\n', 1, true)
   if not newline then return false end
@@ -120,8 +122,18 @@ local function push_direct(k, payload)
     return false
   end
   local key = string.sub(payload, newline + 1, newline + tonumber(length))
-  redis.call('SELECT', broker_db)
-  local pushed = redis.pcall('LPUSH', key, string.sub(payload, newline + tonumber(length) + 1))
+  local envelope = string.sub(payload, newline + tonumber(length) + 1)
+  local at, to = string.find(envelope, GRANT_PLACEHOLDER, 1, true)
+  if at then
+    local grant = '[' .. now .. ',' .. (capacity or -1) .. ',' .. units .. ']'
+    envelope = string.sub(envelope, 1, at - 1) .. grant .. string.sub(envelope, to + 1)
+  end
+  local selected = redis.pcall('SELECT', broker_db)
+  if type(selected) == 'table' and selected.err then
+    redis.log(redis.LOG_WARNING, 'cascade: direct hand-off SELECT failed: ' .. selected.err)
+    return false
+  end
+  local pushed = redis.pcall('LPUSH', key, envelope)
   redis.call('SELECT', own_db)
   if type(pushed) ~= 'number' then
     redis.log(redis.LOG_WARNING, 'cascade: direct hand-off push failed: ' .. tostring(pushed.err))
@@ -131,10 +143,15 @@ local function push_direct(k, payload)
 end
 
 -- Give back a running task's lease; true if the pool still held it (not reaped).
+-- A reservation ("r:<id>") is a lease too once its task started on it (runtime.py).
 local function release_lease(k, member)
   if redis.call('ZREM', k.holders, member) == 0 then return false end
   add_used(k, -tonumber(redis.call('HGET', k.units, member) or '0'))
   redis.call('HDEL', k.units, member)
+  if string.sub(member, 1, 2) == 'r:' then
+    local task_id = string.sub(member, 3)
+    redis.call('HDEL', k.units, 'q:' .. task_id, 'a:' .. task_id)
+  end
   return true
 end
 
@@ -196,7 +213,7 @@ local function dispatch(k, index, now, ttl_ms, max, out)
       redis.call('ZREM', k.waiters, task_id)
       redis.call('ZADD', k.holders, now + ttl_ms, member)
       add_used(k, units)
-      if push_direct(k, payload) then
+      if push_direct(k, payload, now, capacity, units) then
         redis.call('HDEL', k.parked, task_id)
         payload = ''
       end
