@@ -24,6 +24,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -126,6 +127,11 @@ class Runtime:
         self._reload_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
+        #: Wakes the keeper before its next round (a claim to make; stop).
+        self._keeper_wake = threading.Event()
+        #: Leases started on a grant whose reservation the keeper is to claim, by key.
+        self._claims: list[tuple[tuple[str, int], _Held]] = []
+        self._claims_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._version = -1
         self._kept_after_loss = False
@@ -204,6 +210,7 @@ class Runtime:
     def stop(self) -> None:
         """Stop the threads and close connections; leases left are reaped after they expire."""
         self._stop.set()
+        self._keeper_wake.set()
         with self._ended_changed:  # the releaser releases what is left, then ends
             self._ended_changed.notify()
         for thread in self._threads:
@@ -372,7 +379,8 @@ class Runtime:
         """Run a task the script handed off directly on its reservation, without a round
         trip, while it surely still holds it: it needs that pool only, the units it was
         granted, under a capacity no lower than then, and the grant is less than half a
-        lease old on Redis's clock. The reservation is then its lease (renewed, released)."""
+        lease old on Redis's clock. The keeper then claims the reservation as the task's
+        lease (claim.lua); until it has, a release releases the reservation."""
         grant, clock = parking.grant_of(request), self._redis_clock
         if grant is None or clock is None or decision.denied_by is not None:
             return False
@@ -385,12 +393,40 @@ class Runtime:
         age_ms = time.monotonic() * 1000 + offset_ms - grant.at_ms + error_ms
         if age_ms >= self.config.lease_seconds * 500:
             return False
-        lease = Lease(task_id, f"r:{task_id}", decision.pools, contended=True)
+        member = f"t:{task_id}:{uuid.uuid4().hex[:12]}"
+        lease = Lease(task_id, member, decision.pools, contended=True, reservation=f"r:{task_id}")
         confirmed = time.monotonic() - max(0.0, age_ms) / 1000
-        self._leases[task_id, threading.get_ident()] = _Held(
+        key = (task_id, threading.get_ident())
+        held = self._leases[key] = _Held(
             lease, _capacities(decision), confirmed, self._listen_epoch
         )
+        with self._claims_lock:
+            self._claims.append((key, held))
+        self._keeper_wake.set()
         return True
+
+    def _claim_started(self) -> None:
+        """The keeper: claim the reservations tasks started on, as their own leases (so a
+        redelivered copy of a message waits like a newcomer). Retried while Redis is down."""
+        with self._claims_lock:
+            pending, self._claims = self._claims, []
+        for index, (key, held) in enumerate(pending):
+            if self._leases.get(key) is not held:
+                continue  # ended: its release named the reservation too
+            try:
+                claimed = self.resources.claim(held.lease)
+            except redis.exceptions.RedisError as exc:
+                with self._claims_lock:
+                    self._claims[:0] = pending[index:]
+                logger.warning("cascade: could not claim %d reservation(s) yet (%s); will "
+                               "retry", len(pending) - index, exc)  # fmt: skip
+                return
+            if not claimed:
+                held.confirmed = -float("inf")  # never taken over
+                logger.error("cascade: the reservation %s started on in %s was gone; the "
+                             "slot may be in use by another task", held.lease.task_id,
+                             held.lease.pools[0][0])  # fmt: skip
+            held.lease = replace(held.lease, reservation=None)
 
     def _pool_contended(self, pool: str) -> None:
         """``pool`` got a line: no more take-overs there for a while; release ended leases."""
@@ -632,6 +668,7 @@ class Runtime:
         while not self._stop.is_set():
             now = time.monotonic()
             try:
+                self._claim_started()
                 self._retry_releases()
                 self._retry_confirms()
                 for constraint in self.manager.expire():
@@ -650,7 +687,8 @@ class Runtime:
                     self.sweep_all()
             except Exception as exc:
                 logger.warning("cascade: keeper: %s", exc)
-            self._stop.wait(self._keeper_wait(min(next_renew, next_sweep)))
+            self._keeper_wake.wait(self._keeper_wait(min(next_renew, next_sweep)))
+            self._keeper_wake.clear()
 
     def _keeper_wait(self, next_due: float) -> float:
         wait = next_due - time.monotonic()
@@ -662,6 +700,8 @@ class Runtime:
     def _renew_all(self) -> None:
         self._measure_redis_clock()
         for key, held in list(self._leases.items()):
+            if held.lease.reservation is not None:
+                continue  # not claimed yet: renewed once it is
             crash_point("before_renewal")
             asked = time.monotonic()
             lost = self.resources.renew(held.lease)

@@ -23,12 +23,15 @@ class Lease:
 
     ``contended``: one of the pools was full or had waiters when it was acquired, so
     its release likely hands the room to a waiter (worth doing at once).
+    ``reservation``: the reservation member it started on (a direct hand-off's grant)
+    until :meth:`ResourceManager.claim` makes ``member`` of it.
     """
 
     task_id: str
     member: str
     pools: tuple[tuple[str, int], ...]
     contended: bool = False
+    reservation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,16 @@ class ResourceManager:
             member=lease.member,
             lease_seconds=self.lease_seconds,
             max_handoffs=self.max_handoffs,
+            reservation=lease.reservation,
         )
         return self._resolve(names, outcome)
+
+    def claim(self, lease: Lease) -> bool:
+        """Make the reservation a (one-pool) lease started on its own; False if it is gone."""
+        ((pool, _),) = lease.pools
+        return self._scripts.claim(
+            pool_keys(self.prefix, pool), task_id=lease.task_id, member=lease.member
+        )
 
     def renew(self, lease: Lease) -> list[str]:
         """Extend the lease by ``lease_seconds``; return the pools where it was already lost."""

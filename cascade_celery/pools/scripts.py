@@ -26,7 +26,7 @@ def load_lua(name: str) -> str:
     return _INCLUDE.sub(lambda match: load_lua(match.group(1)), source)
 
 
-SCRIPT_NAMES = ("acquire", "confirm", "park", "release", "renew", "set_capacity")
+SCRIPT_NAMES = ("acquire", "claim", "confirm", "park", "release", "renew", "set_capacity")
 SOURCES = {name: load_lua(name) for name in SCRIPT_NAMES}
 
 
@@ -120,6 +120,10 @@ class Scripts:
         keys = _flatten([*pools, *release_reservations_in, *released])
         return _outcome(self._scripts["acquire"](keys=keys, args=args))
 
+    def claim(self, pool: PoolKeys, *, task_id: str, member: str) -> bool:
+        """Make the reservation ``task_id`` started on its lease ``member``; False if gone."""
+        return bool(self._scripts["claim"](keys=list(pool), args=[task_id, member]))
+
     def confirm(self, handoffs: Sequence[tuple[str, str, bytes]]) -> int:
         """Forget published payloads given as (parked key, task id, payload); return how many.
 
@@ -152,10 +156,19 @@ class Scripts:
         return _outcome(self._scripts["park"](keys=list(pool), args=args))
 
     def release(
-        self, pools: Sequence[PoolKeys], *, member: str, lease_seconds: float, max_handoffs: int
+        self,
+        pools: Sequence[PoolKeys],
+        *,
+        member: str,
+        lease_seconds: float,
+        max_handoffs: int,
+        reservation: str | None = None,
     ) -> Outcome:
-        """Release ``member`` everywhere; status is how many pools still held it."""
+        """Release ``member`` (or the unclaimed ``reservation`` it started on) everywhere;
+        status is how many pools still held it."""
         args: list[Any] = [member, _ms(lease_seconds), max_handoffs]
+        if reservation is not None:
+            args.append(reservation)
         return _outcome(self._scripts["release"](keys=_flatten(pools), args=args))
 
     def renew(self, holders: Sequence[str], *, member: str, lease_seconds: float) -> list[int]:

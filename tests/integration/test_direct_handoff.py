@@ -9,6 +9,7 @@ a push the server refuses falls back to a kombu publish: no task is stranded.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,7 @@ from cascade_celery.runtime import Runtime
 from tests.apps.gated_app import make_app
 from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_for
-from tests.integration.test_runtime_releases import gate, request_for, scripts_run
+from tests.integration.test_runtime_releases import gate, request_for
 
 POOL = "constraint:concurrency:task:gated.work"
 ONE = Constraint("one", "concurrency", Scope.parse("task:gated.work"), {"limit": 1})
@@ -63,6 +64,12 @@ def handoffs_queued(server: RedisServer, key: str = HANDOFF_QUEUE) -> list[dict[
 def park_behind_a_running_task(runtime: Runtime, app: Celery, waiter: str = "waiter") -> None:
     assert gate(runtime, app.tasks["gated.work"], "running") is not None
     assert gate(runtime, app.tasks["gated.work"], waiter) is None  # parked
+
+
+def members(server: RedisServer, prefix: str) -> list[str]:
+    """The holders of the pool: leases ("t:…") and reservations ("r:…")."""
+    holders = server.client(CASCADE_DB).zrange(pool_keys(prefix, POOL).holders, 0, -1)
+    return [member.decode() for member in holders]
 
 
 def parked(server: RedisServer, prefix: str) -> dict[bytes, bytes]:
@@ -251,38 +258,85 @@ def start(runtime: Runtime, app: Celery, request: Context) -> int | None:
 
 
 def test_a_directly_handed_off_task_starts_on_its_reservation_without_a_round_trip(
-    app: Celery, runtime: Runtime, redis_server: RedisServer, unique_prefix: str
-) -> None:
+    app: Celery, runtime: Runtime, redis_server: RedisServer, unique_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     keys = pool_keys(unique_prefix, POOL)
     cascade_client = redis_server.client(CASCADE_DB)
     request = delivered(hand_off_directly(runtime, app, redis_server))
-    before = scripts_run(redis_server)
+    monkeypatch.setattr(runtime, "_claim_started", lambda: None)  # the keeper claims later
 
     # When the handed-off task arrives
     assert start(runtime, app, request) is not None
 
-    # Then it runs on the reservation the script granted it, no script run, counted once
-    assert scripts_run(redis_server) == before
-    assert cascade_client.zrange(keys.holders, 0, -1) == [b"r:waiter"]
+    # Then it runs on the reservation the script granted it (an acquire would have made
+    # a lease of it), counted once
+    assert members(redis_server, unique_prefix) == ["r:waiter"]
     assert int(cascade_client.get(keys.used)) == 1
 
-    # And the reservation is renewed as its lease, then released with its bookkeeping
-    expiry = cascade_client.zscore(keys.holders, "r:waiter")
+    # And the keeper claims it as the task's own lease, renews it, and its end releases it
+    monkeypatch.undo()
+    runtime._keeper_wake.set()
+    wait_for(lambda: members(redis_server, unique_prefix) != ["r:waiter"], timeout=10)
+    (member,) = members(redis_server, unique_prefix)
+    assert member.startswith("t:waiter:")
+    assert int(cascade_client.get(keys.used)) == 1
+    expiry = cascade_client.zscore(keys.holders, member)
     time.sleep(0.002)  # Redis's clock moves on (ms): a renewal sets a later expiry
     runtime._renew_all()
-    assert cascade_client.zscore(keys.holders, "r:waiter") > expiry
+    assert cascade_client.zscore(keys.holders, member) > expiry
     runtime.release("waiter")
     assert cascade_client.zrange(keys.holders, 0, -1) == []
     assert int(cascade_client.get(keys.used)) == 0
     assert cascade_client.hkeys(keys.units) == []
 
 
+def test_a_task_that_ends_before_its_reservation_is_claimed_releases_the_reservation(
+    app: Celery, runtime: Runtime, redis_server: RedisServer, unique_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    keys = pool_keys(unique_prefix, POOL)
+    request = delivered(hand_off_directly(runtime, app, redis_server))
+    monkeypatch.setattr(runtime, "_claim_started", lambda: None)
+    assert start(runtime, app, request) is not None
+
+    runtime.release("waiter")
+
+    assert members(redis_server, unique_prefix) == []
+    assert int(redis_server.client(CASCADE_DB).get(keys.used)) == 0
+    assert redis_server.client(CASCADE_DB).hkeys(keys.units) == []
+
+
+def test_a_copy_delivered_again_after_the_claim_waits_for_a_slot(
+    app: Celery, runtime: Runtime, redis_server: RedisServer, unique_prefix: str
+) -> None:
+    # Given a handed-off task running on its claimed reservation (limit 1)
+    message = hand_off_directly(runtime, app, redis_server)
+    assert start(runtime, app, delivered(message)) is not None
+    wait_for(lambda: members(redis_server, unique_prefix)[0].startswith("t:"), timeout=10)
+    (running,) = members(redis_server, unique_prefix)
+
+    # When the broker delivers the same message again (acks_late, visibility timeout),
+    # in another thread of the process, after its grant went stale
+    message["headers"][parking.GRANT_HEADER][0] -= 30_000
+    again = threading.Thread(target=start, args=(runtime, app, delivered(message)))
+    again.start()
+    again.join(timeout=10)
+
+    # Then the copy parked behind it: the slot is still held once, by the first
+    keys = pool_keys(unique_prefix, POOL)
+    assert members(redis_server, unique_prefix) == [running]
+    assert int(redis_server.client(CASCADE_DB).get(keys.used)) == 1
+    assert redis_server.client(CASCADE_DB).zrange(keys.waiters, 0, -1) == [b"waiter"]
+
+
 @pytest.mark.parametrize(
     "change", ["granted a lease ago", "granted under a higher capacity", "other units"]
 )
 def test_a_grant_that_may_no_longer_hold_is_checked_with_redis(
-    app: Celery, runtime: Runtime, redis_server: RedisServer, unique_prefix: str, change: str
-) -> None:
+    app: Celery, runtime: Runtime, redis_server: RedisServer, unique_prefix: str, change: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     message = hand_off_directly(runtime, app, redis_server)
     at_ms, capacity, units = message["headers"][parking.GRANT_HEADER]
     message["headers"][parking.GRANT_HEADER] = {
@@ -290,13 +344,10 @@ def test_a_grant_that_may_no_longer_hold_is_checked_with_redis(
         "granted under a higher capacity": [at_ms, capacity + 1, units],
         "other units": [at_ms, capacity, units + 1],
     }[change]
-    before = scripts_run(redis_server)
+    monkeypatch.setattr(runtime, "_claim_started", lambda: None)  # only an acquire converts
 
     assert start(runtime, app, delivered(message)) is not None
 
     # It asked Redis, which turned the reservation into a lease of its own
-    assert scripts_run(redis_server) == before + 1
-    (member,) = redis_server.client(CASCADE_DB).zrange(
-        pool_keys(unique_prefix, POOL).holders, 0, -1
-    )
-    assert member.startswith(b"t:waiter:")
+    (member,) = members(redis_server, unique_prefix)
+    assert member.startswith("t:waiter:")

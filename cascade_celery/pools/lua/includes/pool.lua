@@ -143,7 +143,7 @@ local function push_direct(k, payload, now, capacity, units)
 end
 
 -- Give back a running task's lease; true if the pool still held it (not reaped).
--- A reservation ("r:<id>") is a lease too once its task started on it (runtime.py).
+-- Also a reservation ("r:<id>") its task started on before claiming it (claim.lua).
 local function release_lease(k, member)
   if redis.call('ZREM', k.holders, member) == 0 then return false end
   add_used(k, -tonumber(redis.call('HGET', k.units, member) or '0'))

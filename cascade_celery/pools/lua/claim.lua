@@ -1,0 +1,34 @@
+--[[
+  Claim the reservation a task started on (runtime.py: a direct hand-off's grant): it
+  becomes the task's own lease, so a copy of the same message delivered again can't
+  take it over (it waits like any newcomer), and the task's id is free to park again.
+
+  The lease keeps the reservation's expiry and units; the reservation's bookkeeping
+  (arrival position, parking time) goes.
+
+  Clock: none read here (the expiry is kept as it was).
+
+  Input:
+    KEYS[1..7]  the pool's keys, as listed in includes/pool.lua
+    ARGV[1]     task id
+    ARGV[2]     the task's lease member, "t:<task id>:<token>"
+
+  Output:
+    1   claimed
+    0   no such reservation (it expired and was reaped): the slot is not held
+]]
+--- @include "includes/pool"
+
+local task_id = ARGV[1]
+local lease_member = ARGV[2]
+local k = pool_keys(1)
+local reservation = 'r:' .. task_id
+
+local expiry = redis.call('ZSCORE', k.holders, reservation)
+if not expiry then return 0 end
+local units = redis.call('HGET', k.units, reservation) or '0'
+redis.call('ZREM', k.holders, reservation)
+redis.call('ZADD', k.holders, expiry, lease_member)
+redis.call('HSET', k.units, lease_member, units)
+redis.call('HDEL', k.units, reservation, 'q:' .. task_id, 'a:' .. task_id)
+return 1
