@@ -23,7 +23,10 @@
   pool's name in its hand-off header when it parks, and is handed off by pushing the
   envelope onto that list (in the broker's DB on this server) at once, while some
   process reports that DB as its broker ("<prefix>:handoff:direct" holds the DB's
-  number); otherwise it is returned like any payload, for the caller to publish.
+  number); otherwise it is returned like any payload, for the caller to publish. A pushed
+  envelope's grant header says when, under which capacity and for how many units the
+  script reserved the slot: the task may start on that reservation without asking again
+  (runtime.py), and claims it as its own lease afterwards (claim.lua).
 
   Clock: every script uses Redis's own TIME, so leases mean the same on every host.
   Invariant: used == sum(units[m] for m in holders), and a task id is in waiters
