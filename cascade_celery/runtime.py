@@ -421,7 +421,7 @@ class Runtime:
                 logger.warning("cascade: could not claim %d reservation(s) yet (%s); will "
                                "retry", len(pending) - index, exc)  # fmt: skip
                 return
-            if not claimed:
+            if not claimed and self._leases.get(key) is held:  # (not: it ended meanwhile)
                 held.confirmed = -float("inf")  # never taken over
                 logger.error("cascade: the reservation %s started on in %s was gone; the "
                              "slot may be in use by another task", held.lease.task_id,
