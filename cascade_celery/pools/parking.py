@@ -48,8 +48,10 @@ ROUTE_HEADER = "cascade_route"
 #: Header naming the pool a handed-off message holds a reservation in.
 HANDOFF_POOL_HEADER = "cascade_handoff_pool"
 _HANDOFF_PREFIX = "cascade.handoff."
-#: Header of a directly handed-off message: [when (ms, Redis clock), capacity (-1:
-#: unlimited), units] of the reservation the script handed it (lua/includes/pool.lua).
+#: Header of a directly handed-off message: [its delivery tag, when (ms, Redis clock),
+#: capacity (-1: unlimited), units] of the reservation the script handed it
+#: (lua/includes/pool.lua). The tag binds it to that delivery: a copy Celery publishes
+#: again with the same headers (a retry) gets a tag of its own, and no grant.
 GRANT_HEADER = "cascade_grant"
 #: Starts a direct payload (see the module's docstring).
 DIRECT_MAGIC = b"cascade-direct "
@@ -94,6 +96,8 @@ def handed_off_from(request: Any) -> str | None:
 class Grant:
     """The reservation a directly handed-off task was given, as the script wrote it."""
 
+    #: The delivery it was pushed as (kombu's delivery tag).
+    delivery_tag: str
     #: When, in ms on Redis's clock.
     at_ms: int
     #: The pool's capacity then (None: unlimited).
@@ -102,16 +106,18 @@ class Grant:
 
 
 def grant_of(request: Any) -> Grant | None:
-    """The grant a directly handed-off task carries, if it carries a valid one."""
+    """The grant of the delivery a directly handed-off task runs from, if it has one."""
     grant = (request.headers or {}).get(GRANT_HEADER)
-    if (
-        not isinstance(grant, list)
-        or len(grant) != 3
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in grant)
+    if not isinstance(grant, list) or len(grant) != 4:
+        return None
+    tag, *numbers = grant
+    delivered_as = (getattr(request, "properties", None) or {}).get("delivery_tag")
+    if tag != delivered_as or not all(
+        isinstance(n, int) and not isinstance(n, bool) for n in numbers
     ):
         return None
-    at_ms, capacity, units = grant
-    return Grant(at_ms, None if capacity < 0 else capacity, units)
+    at_ms, capacity, units = numbers
+    return Grant(str(tag), at_ms, None if capacity < 0 else capacity, units)
 
 
 def original_route(request: Any) -> tuple[str, str]:
@@ -190,7 +196,6 @@ def _direct_payload(app: Celery, route: DirectRoute, message: dict[str, Any]) ->
     queue = handoff_queue(message["queue"])
     headers = {
         HANDOFF_POOL_HEADER: POOL_PLACEHOLDER,  # first, see POOL_PLACEHOLDER
-        GRANT_HEADER: GRANT_PLACEHOLDER,
         **message["headers"],
         ROUTE_HEADER: [message["exchange"], message["routing_key"]],
     }
@@ -205,6 +210,9 @@ def _direct_payload(app: Celery, route: DirectRoute, message: dict[str, Any]) ->
         # basic_publish's own steps for the default exchange: encode the body, give the
         # delivery its tag (unique per parking: a duplicate push is told apart), route.
         channel._inplace_augment_message(envelope, "", queue)
+        # The script writes the rest of the grant in place of the placeholder.
+        envelope["headers"][GRANT_HEADER] = [envelope["properties"]["delivery_tag"],
+                                             GRANT_PLACEHOLDER]  # fmt: skip
         priority_step = channel._get_message_priority(envelope, reverse=False)
         key = getattr(channel, "global_keyprefix", "") + channel._q_for_pri(queue, priority_step)
     head = f"{route.broker_db} {route.own_db} {len(key.encode())}\n{key}".encode()

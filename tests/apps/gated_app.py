@@ -100,6 +100,18 @@ def make_app(
             note("end", self.request.id, label)
         return label
 
+    @app.task(shared=False, base=GatedTask, bind=True, name="gated.retrying")
+    def retrying(self, label: object, seconds: float = 0.05) -> object:
+        """Runs, then retries once (Celery publishes it again with the same headers)."""
+        note("start", self.request.id, label)
+        try:
+            time.sleep(seconds)
+        finally:
+            note("end", self.request.id, label)
+        if self.request.retries == 0:
+            raise self.retry(countdown=0.01)
+        return label
+
     @app.task(shared=False, base=GatedTask, bind=True, name="gated.nap")
     def nap(self, label: object, seconds: float = 0.05) -> object:
         note("start", self.request.id, label)

@@ -32,7 +32,7 @@ from tests.e2e.test_never_over_limit import (
     test_two_prefork_workers_run_100_tasks_at_most_3_at_once,
 )
 from tests.e2e.test_pause import test_pause_parks_tasks_and_resume_runs_every_one
-from tests.e2e.timeline import runs
+from tests.e2e.timeline import peak_concurrency, runs
 from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_for
 
@@ -122,3 +122,31 @@ def test_workers_on_the_broker_server_hand_off_from_the_release_script(
     assert redis_server.client(CASCADE_DB).get(handoff_direct(unique_prefix)) == b"0"
     wait_for(lambda: len(handoff_pushes.pushes) >= 5, timeout=10)
     assert handoff_pushes.pushes == ["lua"] * 5
+
+
+def test_a_retry_of_a_directly_handed_off_task_gets_no_slot_from_the_headers_it_copies(
+    gated_app: Celery,
+    cascade: Cascade,
+    start_worker: StartWorker,
+    broker_client: redis.Redis,
+    unique_prefix: str,
+) -> None:
+    # Given a limit of 1, and tasks parked behind a blocker that each retry once when
+    # they have run (Celery's retry publishes the message again with its headers, the
+    # grant of the direct hand-off among them)
+    cascade.limit("task:gated.retrying", 1)
+    start_worker(pool="prefork", concurrency=4)
+    retrying = gated_app.tasks["gated.retrying"]
+    blocker = retrying.delay("blocker", 0.3)
+    wait_for(lambda: runs(broker_client, unique_prefix), timeout=30)
+    waiting = [retrying.delay(i) for i in range(4)]
+    wait_for(lambda: all(result.state == DEFERRED for result in waiting), timeout=30)
+
+    # When they are handed off one by one, and their retries arrive
+    assert blocker.get(timeout=30) == "blocker"
+    assert [result.get(timeout=30) for result in waiting] == list(range(4))
+
+    # Then every run held the one slot: a retry asked Redis rather than trust the grant
+    all_runs = runs(broker_client, unique_prefix)
+    assert len(all_runs) == 2 * 5
+    assert peak_concurrency(all_runs) == 1

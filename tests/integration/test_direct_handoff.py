@@ -153,9 +153,10 @@ def test_a_pushed_envelope_is_the_one_a_kombu_publish_would_push(
         # the script wrote (when on Redis's clock, under capacity 1, for 1 unit)
         step = {None: "", 7: "\x06\x166"}[priority]
         pushed, published = handoffs_queued(redis_server, f"{keyprefix}{HANDOFF_QUEUE}{step}")
+        tag, at_ms, capacity, units = pushed["headers"].pop(parking.GRANT_HEADER)
+        assert tag == pushed["properties"]["delivery_tag"]
         for message in (pushed, published):
             del message["properties"]["delivery_tag"]
-        at_ms, capacity, units = pushed["headers"].pop(parking.GRANT_HEADER)
         seconds, micros = redis_server.client().time()
         assert 0 <= seconds * 1000 + micros // 1000 - at_ms < 10_000
         assert (capacity, units) == (1, 1)
@@ -247,7 +248,8 @@ def delivered(message: dict[str, Any]) -> Context:
     """The request a worker builds for a pushed hand-off message."""
     return Context(
         {"id": message["headers"]["id"], "headers": message["headers"],
-         "delivery_info": message["properties"]["delivery_info"]},
+         "delivery_info": message["properties"]["delivery_info"],
+         "properties": message["properties"]},
         args=(), kwargs={}, called_directly=False,
     )  # fmt: skip
 
@@ -318,7 +320,7 @@ def test_a_copy_delivered_again_after_the_claim_waits_for_a_slot(
 
     # When the broker delivers the same message again (acks_late, visibility timeout),
     # in another thread of the process, after its grant went stale
-    message["headers"][parking.GRANT_HEADER][0] -= 30_000
+    message["headers"][parking.GRANT_HEADER][1] -= 30_000
     again = threading.Thread(target=start, args=(runtime, app, delivered(message)))
     again.start()
     again.join(timeout=10)
@@ -331,19 +333,28 @@ def test_a_copy_delivered_again_after_the_claim_waits_for_a_slot(
 
 
 @pytest.mark.parametrize(
-    "change", ["granted a lease ago", "granted under a higher capacity", "other units"]
+    "change",
+    [
+        "granted a lease ago",
+        "granted under a higher capacity",
+        "other units",
+        "published again (a retry: a delivery of its own)",
+    ],
 )
 def test_a_grant_that_may_no_longer_hold_is_checked_with_redis(
     app: Celery, runtime: Runtime, redis_server: RedisServer, unique_prefix: str, change: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     message = hand_off_directly(runtime, app, redis_server)
-    at_ms, capacity, units = message["headers"][parking.GRANT_HEADER]
+    tag, at_ms, capacity, units = message["headers"][parking.GRANT_HEADER]
     message["headers"][parking.GRANT_HEADER] = {
-        "granted a lease ago": [at_ms - 30_000, capacity, units],
-        "granted under a higher capacity": [at_ms, capacity + 1, units],
-        "other units": [at_ms, capacity, units + 1],
+        "granted a lease ago": [tag, at_ms - 30_000, capacity, units],
+        "granted under a higher capacity": [tag, at_ms, capacity + 1, units],
+        "other units": [tag, at_ms, capacity, units + 1],
+        "published again (a retry: a delivery of its own)": [tag, at_ms, capacity, units],
     }[change]
+    if change.startswith("published again"):
+        message["properties"]["delivery_tag"] = "another-delivery"
     monkeypatch.setattr(runtime, "_claim_started", lambda: None)  # only an acquire converts
 
     assert start(runtime, app, delivered(message)) is not None

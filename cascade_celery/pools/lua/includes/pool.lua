@@ -128,7 +128,7 @@ local function push_direct(k, payload, now, capacity, units)
   local envelope = string.sub(payload, newline + tonumber(length) + 1)
   local at, to = string.find(envelope, GRANT_PLACEHOLDER, 1, true)
   if at then
-    local grant = '[' .. now .. ',' .. (capacity or -1) .. ',' .. units .. ']'
+    local grant = now .. ',' .. (capacity or -1) .. ',' .. units  -- after the delivery tag
     envelope = string.sub(envelope, 1, at - 1) .. grant .. string.sub(envelope, to + 1)
   end
   local selected = redis.pcall('SELECT', broker_db)
