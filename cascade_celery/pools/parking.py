@@ -56,8 +56,9 @@ GRANT_HEADER = "cascade_grant"
 #: Starts a direct payload (see the module's docstring).
 DIRECT_MAGIC = b"cascade-direct "
 #: The hand-off header's value in a direct envelope until it parks: the script parking it
-#: writes the pool's name there. It is the envelope's first string that can hold it
-#: (its body is base64, its content type and encoding are not user data).
+#: writes the pool's name there. It and the grant's placeholder are the envelope's first
+#: strings that can hold them (its body is base64, its content type and encoding are not
+#: user data; both headers come first).
 POOL_PLACEHOLDER = "\x00cascade-pool"
 #: The grant header's value until the script handing the message off writes it.
 GRANT_PLACEHOLDER = "\x00cascade-grant"
@@ -195,7 +196,7 @@ def _direct_payload(app: Celery, route: DirectRoute, message: dict[str, Any]) ->
     with its list key: built by the broker channel's own methods."""
     queue = handoff_queue(message["queue"])
     headers = {
-        HANDOFF_POOL_HEADER: POOL_PLACEHOLDER,  # first, see POOL_PLACEHOLDER
+        HANDOFF_POOL_HEADER: POOL_PLACEHOLDER,
         **message["headers"],
         ROUTE_HEADER: [message["exchange"], message["routing_key"]],
     }
@@ -210,9 +211,11 @@ def _direct_payload(app: Celery, route: DirectRoute, message: dict[str, Any]) ->
         # basic_publish's own steps for the default exchange: encode the body, give the
         # delivery its tag (unique per parking: a duplicate push is told apart), route.
         channel._inplace_augment_message(envelope, "", queue)
-        # The script writes the rest of the grant in place of the placeholder.
-        envelope["headers"][GRANT_HEADER] = [envelope["properties"]["delivery_tag"],
-                                             GRANT_PLACEHOLDER]  # fmt: skip
+        # The script writes the rest of the grant in place of its placeholder. Both
+        # placeholders come before any user data (the scripts replace the first match).
+        pool_header = {HANDOFF_POOL_HEADER: envelope["headers"].pop(HANDOFF_POOL_HEADER)}
+        grant = [envelope["properties"]["delivery_tag"], GRANT_PLACEHOLDER]
+        envelope["headers"] = {**pool_header, GRANT_HEADER: grant, **envelope["headers"]}
         priority_step = channel._get_message_priority(envelope, reverse=False)
         key = getattr(channel, "global_keyprefix", "") + channel._q_for_pri(queue, priority_step)
     head = f"{route.broker_db} {route.own_db} {len(key.encode())}\n{key}".encode()

@@ -362,3 +362,22 @@ def test_a_grant_that_may_no_longer_hold_is_checked_with_redis(
     # It asked Redis, which turned the reservation into a lease of its own
     (member,) = members(redis_server, unique_prefix)
     assert member.startswith("t:waiter:")
+
+
+def test_user_headers_that_look_like_the_placeholders_are_left_as_they_are(
+    app: Celery, runtime: Runtime, redis_server: RedisServer
+) -> None:
+    task = app.tasks["gated.work"]
+    assert gate(runtime, task, "running") is not None
+    request = request_for("waiter")
+    odd = {"x_pool": parking.POOL_PLACEHOLDER, "x_grant": parking.GRANT_PLACEHOLDER}
+    request.headers = dict(odd)
+    assert runtime.gate(task, request, task.cascade_info(request), (), {}) is None  # parked
+
+    runtime.release("running")
+    wait_for(lambda: handoffs_queued(redis_server), timeout=10)
+
+    (message,) = handoffs_queued(redis_server)
+    assert {name: message["headers"][name] for name in odd} == odd
+    assert message["headers"][parking.HANDOFF_POOL_HEADER] == POOL
+    assert message["headers"][parking.GRANT_HEADER][0] == message["properties"]["delivery_tag"]
