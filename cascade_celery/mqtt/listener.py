@@ -181,6 +181,9 @@ class ConstraintListener:
             if retry and self._pending.get(change.constraint_id) is not change:
                 return  # superseded by a newer message meanwhile
             try:
+                # A first write into an emptied Redis would hide the loss from the check
+                # below (it starts a new history): the other constraints go back first.
+                self._restore_locked()
                 if change.constraint is None:
                     self.store.delete(change.constraint_id)
                 else:
@@ -212,18 +215,22 @@ class ConstraintListener:
 
     def _restore_if_emptied(self) -> None:
         with self._apply_lock:
-            now = time.time()
-            with self._lock:
-                known = [c for c in self._known.values() if not c.is_expired(now)]
-            if not known or not self.synced.is_set() or self.store.has_history():
-                return
-            logger.warning(
-                "cascade: Redis lost the constraint set (restarted without persistence?); "
-                "storing the %d retained constraint(s) again: %s",
-                len(known), ", ".join(sorted(c.id for c in known)),
-            )  # fmt: skip
-            for constraint in known:
-                self.store.put(constraint)
+            self._restore_locked()
+
+    def _restore_locked(self) -> None:
+        """Store the retained constraints again if Redis lost the set (holding _apply_lock)."""
+        now = time.time()
+        with self._lock:
+            known = [c for c in self._known.values() if not c.is_expired(now)]
+        if not known or not self.synced.is_set() or self.store.has_history():
+            return
+        logger.warning(
+            "cascade: Redis lost the constraint set (restarted without persistence?); "
+            "storing the %d retained constraint(s) again: %s",
+            len(known), ", ".join(sorted(c.id for c in known)),
+        )  # fmt: skip
+        for constraint in known:
+            self.store.put(constraint)
 
     def _end_of_burst(self) -> None:
         with self._lock:

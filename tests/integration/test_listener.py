@@ -470,6 +470,30 @@ def test_a_redis_restarted_without_persistence_gets_the_retained_constraints_bac
     assert "2 retained constraint(s) again: hold-emails, limit-charge" in warning.getMessage()
 
 
+def test_a_change_arriving_first_after_redis_came_back_empty_does_not_hide_the_loss(
+    harness: Harness, wait_for: Wait
+) -> None:
+    # Given two constraints stored, and Redis restarted without persistence
+    harness.started()
+    harness.publish(limit("limit-charge", 4))
+    harness.publish(pause("hold-emails"))
+    wait_for(lambda: len(harness.stored()) == 2, timeout=30)
+    harness.redis_server.kill()
+    harness.redis_server.start()
+
+    # When a new change arrives before the once-a-second check for a lost set
+    harness.publish(limit("new-one", 2))
+
+    # Then its write does not start a new history over the loss: every one is stored
+    wait_for(
+        lambda: harness.stored() == {"limit-charge": limit("limit-charge", 4),
+                                     "hold-emails": pause("hold-emails"),
+                                     "new-one": limit("new-one", 2)},
+        timeout=30,
+        message="every retained constraint stored again",
+    )  # fmt: skip
+
+
 def test_publish_retained_to_an_unreachable_broker_fails_fast_and_clearly() -> None:
     port = free_port()
     settings = MqttSettings.from_url(f"mqtt://ops:s3cret@127.0.0.1:{port}")
