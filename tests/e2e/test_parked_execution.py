@@ -103,6 +103,7 @@ def test_a_gate_that_fails_fails_the_task_as_celery_would(
         # with the error, task_failure sent, prerun/postrun once
         with pytest.raises(RuntimeError, match="cascade_info failed"):
             result.get(timeout=30)
+        # (Celery stores the result before it sends task_failure and task_postrun.)
+        wait_for(lambda: signal_log.count("postrun", result.id) == 1, timeout=10)
         assert signal_log.count("failure", result.id) == 1
         assert signal_log.count("prerun", result.id) == 1
-        wait_for(lambda: signal_log.count("postrun", result.id) == 1, timeout=10)

@@ -466,8 +466,11 @@ def test_a_redis_restarted_without_persistence_gets_the_retained_constraints_bac
         timeout=30,
         message="the retained constraints stored again",
     )  # fmt: skip
-    [warning] = records(caplog, logging.WARNING, "Redis lost the constraint set")
-    assert "2 retained constraint(s) again: hold-emails, limit-charge" in warning.getMessage()
+    # (Once per attempt: a first one can fail while the restarted Redis warms up.)
+    warnings = records(caplog, logging.WARNING, "Redis lost the constraint set")
+    assert warnings
+    for warning in warnings:
+        assert "2 retained constraint(s) again: hold-emails, limit-charge" in warning.getMessage()
 
 
 def test_a_change_arriving_first_after_redis_came_back_empty_does_not_hide_the_loss(
