@@ -71,6 +71,8 @@ class ConstraintListener:
         self._known: dict[str, Constraint] = {}
         self._lock = threading.Lock()
         self._apply_lock = threading.Lock()
+        #: This listener has stored a change: Redis had a history it can lose since.
+        self._stored = False
         self._stop = threading.Event()
         self._retry_thread: threading.Thread | None = None
         #: Set once the retained state has been received since the last (re)connect.
@@ -188,6 +190,7 @@ class ConstraintListener:
                     self.store.delete(change.constraint_id)
                 else:
                     self.store.put(change.constraint)
+                self._stored = True
                 if change.signed_at is not None:
                     self.store.record_signed_at(change.constraint_id, change.signed_at)
             except redis.exceptions.RedisError as exc:
@@ -222,7 +225,8 @@ class ConstraintListener:
         now = time.time()
         with self._lock:
             known = [c for c in self._known.values() if not c.is_expired(now)]
-        if not known or not self.synced.is_set() or self.store.has_history():
+        if (not self._stored or not known or not self.synced.is_set()
+                or self.store.has_history()):  # fmt: skip
             return
         logger.warning(
             "cascade: Redis lost the constraint set (restarted without persistence?); "
