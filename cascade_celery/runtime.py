@@ -394,7 +394,7 @@ class Runtime:
         if age_ms >= self.config.lease_seconds * 500:
             return False
         member = f"t:{task_id}:{uuid.uuid4().hex[:12]}"
-        lease = Lease(task_id, member, decision.pools, contended=True, reservation=f"r:{task_id}")
+        lease = Lease(task_id, member, decision.pools, contended=True, unclaimed=True)
         confirmed = time.monotonic() - max(0.0, age_ms) / 1000
         key = (task_id, threading.get_ident())
         held = self._leases[key] = _Held(
@@ -426,7 +426,7 @@ class Runtime:
                 logger.error("cascade: the reservation %s started on in %s was gone; the "
                              "slot may be in use by another task", held.lease.task_id,
                              held.lease.pools[0][0])  # fmt: skip
-            held.lease = replace(held.lease, reservation=None)
+            held.lease = replace(held.lease, unclaimed=False)
 
     def _pool_contended(self, pool: str) -> None:
         """``pool`` got a line: no more take-overs there for a while; release ended leases."""
@@ -700,8 +700,8 @@ class Runtime:
     def _renew_all(self) -> None:
         self._measure_redis_clock()
         for key, held in list(self._leases.items()):
-            if held.lease.reservation is not None:
-                continue  # not claimed yet: renewed once it is
+            if held.lease.unclaimed:
+                continue  # renewed once it is claimed
             crash_point("before_renewal")
             asked = time.monotonic()
             lost = self.resources.renew(held.lease)

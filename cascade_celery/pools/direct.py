@@ -36,7 +36,7 @@ def broker_db_on(app: Celery, client: redis.Redis) -> int | None:
         broker = channel._create_client()
         if broker.info("server")["run_id"] != client.info("server")["run_id"]:
             return None
-        return int(broker.connection_pool.connection_kwargs.get("db", 0))
+        return own_db(broker)
 
 
 def own_db(client: redis.Redis) -> int:

@@ -23,15 +23,15 @@ class Lease:
 
     ``contended``: one of the pools was full or had waiters when it was acquired, so
     its release likely hands the room to a waiter (worth doing at once).
-    ``reservation``: the reservation member it started on (a direct hand-off's grant)
-    until :meth:`ResourceManager.claim` makes ``member`` of it.
+    ``unclaimed``: it runs on the reservation of a direct hand-off's grant, which
+    :meth:`ResourceManager.claim` has not made ``member`` yet.
     """
 
     task_id: str
     member: str
     pools: tuple[tuple[str, int], ...]
     contended: bool = False
-    reservation: str | None = None
+    unclaimed: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class ResourceManager:
             member=lease.member,
             lease_seconds=self.lease_seconds,
             max_handoffs=self.max_handoffs,
-            reservation=lease.reservation,
+            unclaimed=lease.task_id if lease.unclaimed else None,
         )
         return self._resolve(names, outcome)
 

@@ -162,13 +162,13 @@ class Scripts:
         member: str,
         lease_seconds: float,
         max_handoffs: int,
-        reservation: str | None = None,
+        unclaimed: str | None = None,
     ) -> Outcome:
-        """Release ``member`` (or the unclaimed ``reservation`` it started on) everywhere;
-        status is how many pools still held it."""
+        """Release ``member`` everywhere, or the reservation task ``unclaimed`` started on
+        and has not claimed yet; status is how many pools still held it."""
         args: list[Any] = [member, _ms(lease_seconds), max_handoffs]
-        if reservation is not None:
-            args.append(reservation)
+        if unclaimed is not None:
+            args.append(unclaimed)
         return _outcome(self._scripts["release"](keys=_flatten(pools), args=args))
 
     def renew(self, holders: Sequence[str], *, member: str, lease_seconds: float) -> list[int]:

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from celery import Celery
+from celery import Celery, Task
+from celery.result import AsyncResult
 
 from cascade_celery import DEFERRED, Cascade
 from cascade_celery.pools.keys import handoff_direct
@@ -96,6 +97,19 @@ def handoff_pushes(redis_server: RedisServer) -> Iterator[HandoffPushes]:
     pushes.stop()
 
 
+def park_behind_a_blocker(
+    task: Task, cascade: Cascade, broker_client: redis.Redis, prefix: str, *,
+    blocker_seconds: float, waiters: list[tuple[object, ...]],
+) -> tuple[AsyncResult, list[AsyncResult]]:  # fmt: skip
+    """Limit ``task`` to 1, start a blocker, then park one execution per ``waiters`` args."""
+    cascade.limit(f"task:{task.name}", 1)
+    blocker = task.delay("blocker", blocker_seconds)
+    wait_for(lambda: runs(broker_client, prefix), timeout=30)
+    waiting = [task.delay(*args) for args in waiters]
+    wait_for(lambda: all(result.state == DEFERRED for result in waiting), timeout=30)
+    return blocker, waiting
+
+
 def test_workers_on_the_broker_server_hand_off_from_the_release_script(
     gated_app: Celery,
     cascade: Cascade,
@@ -106,13 +120,11 @@ def test_workers_on_the_broker_server_hand_off_from_the_release_script(
     handoff_pushes: HandoffPushes,
 ) -> None:
     # Given a limit of 1 held by a blocker, and 5 tasks parked behind it
-    cascade.limit("task:gated.work", 1)
     start_worker(pool="prefork", concurrency=3)
-    work = gated_app.tasks["gated.work"]
-    blocker = work.delay("blocker", 0.5)
-    wait_for(lambda: runs(broker_client, unique_prefix), timeout=30)
-    waiting = [work.delay(i, 0.01) for i in range(5)]
-    wait_for(lambda: all(result.state == DEFERRED for result in waiting), timeout=30)
+    blocker, waiting = park_behind_a_blocker(
+        gated_app.tasks["gated.work"], cascade, broker_client, unique_prefix,
+        blocker_seconds=0.5, waiters=[(i, 0.01) for i in range(5)],
+    )  # fmt: skip
 
     # When the blocker ends, then each of them
     assert blocker.get(timeout=30) == "blocker"
@@ -134,13 +146,11 @@ def test_a_retry_of_a_directly_handed_off_task_gets_no_slot_from_the_headers_it_
     # Given a limit of 1, and tasks parked behind a blocker that each retry once when
     # they have run (Celery's retry publishes the message again with its headers, the
     # grant of the direct hand-off among them)
-    cascade.limit("task:gated.retrying", 1)
     start_worker(pool="prefork", concurrency=4)
-    retrying = gated_app.tasks["gated.retrying"]
-    blocker = retrying.delay("blocker", 0.3)
-    wait_for(lambda: runs(broker_client, unique_prefix), timeout=30)
-    waiting = [retrying.delay(i) for i in range(4)]
-    wait_for(lambda: all(result.state == DEFERRED for result in waiting), timeout=30)
+    blocker, waiting = park_behind_a_blocker(
+        gated_app.tasks["gated.retrying"], cascade, broker_client, unique_prefix,
+        blocker_seconds=0.3, waiters=[(i,) for i in range(4)],
+    )  # fmt: skip
 
     # When they are handed off one by one, and their retries arrive
     assert blocker.get(timeout=30) == "blocker"

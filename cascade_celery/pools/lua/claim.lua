@@ -22,13 +22,10 @@
 local task_id = ARGV[1]
 local lease_member = ARGV[2]
 local k = pool_keys(1)
-local reservation = 'r:' .. task_id
 
-local expiry = redis.call('ZSCORE', k.holders, reservation)
+local expiry = redis.call('ZSCORE', k.holders, 'r:' .. task_id)
 if not expiry then return 0 end
-local units = redis.call('HGET', k.units, reservation) or '0'
-redis.call('ZREM', k.holders, reservation)
+local units = forget_reservation(k, task_id)
 redis.call('ZADD', k.holders, expiry, lease_member)
 redis.call('HSET', k.units, lease_member, units)
-redis.call('HDEL', k.units, reservation, 'q:' .. task_id, 'a:' .. task_id)
 return 1

@@ -10,8 +10,8 @@
     ARGV[1]                 lease member, "t:<task id>:<token>"
     ARGV[2]                 reservation ttl in milliseconds for handed-off waiters
     ARGV[3]                 most waiters to hand off per pool
-    ARGV[4]                 optional: the reservation member "r:<task id>" the task
-                            started on and has not claimed yet (claim.lua), released too
+    ARGV[4]                 optional: the task id whose reservation the task started
+                            on and has not claimed yet (claim.lua): released instead
 
   Output:
     {released, 0, handoffs...}   released: how many pools still held the lease
@@ -21,14 +21,20 @@
 local lease_member = ARGV[1]
 local ttl_ms = tonumber(ARGV[2])
 local max_handoffs = tonumber(ARGV[3])
-local reservation = ARGV[4]
+local unclaimed = ARGV[4]
 local now = now_ms()
 local out = {0, 0}
 
 for i = 1, #KEYS / POOL_KEYS do
   local k = pool_keys(i)
-  if release_lease(k, lease_member) or (reservation and release_lease(k, reservation)) then
+  if release_lease(k, lease_member) then
     out[1] = out[1] + 1
+  elseif unclaimed then
+    local units = forget_reservation(k, unclaimed)
+    if units then
+      add_used(k, -units)
+      out[1] = out[1] + 1
+    end
   end
   reap(k, now)
   dispatch(k, i, now, ttl_ms, max_handoffs, out)

@@ -146,15 +146,10 @@ local function push_direct(k, payload, now, capacity, units)
 end
 
 -- Give back a running task's lease; true if the pool still held it (not reaped).
--- Also a reservation ("r:<id>") its task started on before claiming it (claim.lua).
 local function release_lease(k, member)
   if redis.call('ZREM', k.holders, member) == 0 then return false end
   add_used(k, -tonumber(redis.call('HGET', k.units, member) or '0'))
   redis.call('HDEL', k.units, member)
-  if string.sub(member, 1, 2) == 'r:' then
-    local task_id = string.sub(member, 3)
-    redis.call('HDEL', k.units, 'q:' .. task_id, 'a:' .. task_id)
-  end
   return true
 end
 
@@ -180,15 +175,22 @@ local function reap(k, now)
   end
 end
 
--- Forget a reservation (taken over by its task, or given back); returns its units.
--- Its task has arrived, so the hand-off was published: its payload goes too, even if
--- the publisher never confirmed it (it died, or Redis was down at that moment).
-local function drop_reservation(k, task_id)
+-- Remove task_id's reservation and its bookkeeping (arrival position, parking time);
+-- returns its units, nil if it holds none. Its units stay counted in `used`.
+local function forget_reservation(k, task_id)
   local member = 'r:' .. task_id
   if redis.call('ZREM', k.holders, member) == 0 then return nil end
   local units = tonumber(redis.call('HGET', k.units, member) or '0')
   redis.call('HDEL', k.units, member, 'q:' .. task_id, 'a:' .. task_id)
-  redis.call('HDEL', k.parked, task_id)
+  return units
+end
+
+-- Forget a reservation (taken over by its task, or given back); returns its units.
+-- Its task has arrived, so the hand-off was published: its payload goes too, even if
+-- the publisher never confirmed it (it died, or Redis was down at that moment).
+local function drop_reservation(k, task_id)
+  local units = forget_reservation(k, task_id)
+  if units then redis.call('HDEL', k.parked, task_id) end
   return units
 end
 
