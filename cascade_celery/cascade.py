@@ -1,8 +1,8 @@
 """Cascade(app): install cascade-celery on a Celery app.
 
-It parses the ``cascade_*`` settings once, checks them when a worker starts, builds one
-Runtime per process (after fork, never inherited), and offers the Python API that
-changes the shared constraint set.
+It adds the worker's hand-off step and the MQTT listener to the app's installation
+(install.py: the settings and one Runtime per process, built after fork), and offers
+the Python API that changes the shared constraint set.
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ import hashlib
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cached_property
 from typing import Any
 
 import redis
@@ -26,13 +24,14 @@ from cascade_celery.config import CascadeConfig, redact_url
 from cascade_celery.constraints.handlers import default_handlers
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import ID_PATTERN, Constraint, Scope
-from cascade_celery.errors import ConfigurationError, NotApplied, PoolUnavailable
+from cascade_celery.errors import REDIS_DOWN, ConfigurationError, NotApplied, PoolUnavailable
+from cascade_celery.install import Installation, installation
 from cascade_celery.mqtt import protocol
 from cascade_celery.mqtt.listener import ConstraintListener
 from cascade_celery.mqtt.publisher import publish_retained
-from cascade_celery.runtime import REDIS_DOWN, Runtime
+from cascade_celery.runtime import Runtime
 from cascade_celery.store import ConstraintStore
-from cascade_celery.worker import HandoffQueues, consumes_handoffs
+from cascade_celery.worker import HandoffQueues
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +52,7 @@ class Cascade:
                 f"created); or pass task_cls={GATED_TASK!r} to Celery()"
             )
         self.app = app
-        self._lock = threading.Lock()
-        self._runtime: Runtime | None = None
+        self.installation: Installation = installation(app)
         self._admin: tuple[int, ConstraintStore] | None = None
         self._listener: tuple[int, ConstraintListener] | None = None
         setattr(app, _ATTRIBUTE, self)
@@ -68,37 +66,22 @@ class Cascade:
         existing = getattr(app, _ATTRIBUTE, None)
         return existing if existing is not None else cls(app)
 
-    @cached_property
+    @property
     def config(self) -> CascadeConfig:
         """The parsed settings (read from ``app.conf`` on first use)."""
-        return CascadeConfig.from_app(self.app)
+        return self.installation.config
 
     def runtime(self) -> Runtime:
         """This process's Runtime; a forked child builds its own."""
-        runtime = self._runtime
-        if runtime is not None and runtime.pid == os.getpid():
-            return runtime
-        with self._lock:
-            runtime = self._runtime
-            if runtime is None or runtime.pid != os.getpid():
-                runtime = self._runtime = Runtime(
-                    self.app,
-                    self.config,
-                    handoff_queues=self.config.handoff_queues and consumes_handoffs(self.app),
-                )
-            return runtime
+        return self.installation.runtime()
 
     def current_runtime(self) -> Runtime | None:
         """This process's Runtime if it was built, else None (never builds one)."""
-        runtime = self._runtime
-        return runtime if runtime is not None and runtime.pid == os.getpid() else None
+        return self.installation.current_runtime()
 
     def close(self) -> None:
         """Stop this process's Runtime and MQTT listener (threads, connections)."""
-        runtime = self.current_runtime()
-        if runtime is not None:
-            runtime.stop()
-            self._runtime = None
+        self.installation.close()
         listener, self._listener = self._listener, None
         if listener is not None and listener[0] == os.getpid():
             listener[1].stop()

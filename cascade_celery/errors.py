@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis
+
 
 class CascadeError(Exception):
     """Base class of every error raised by cascade-celery."""
@@ -25,3 +27,9 @@ class ControlPlaneUnavailable(CascadeError):
 
 class NotApplied(CascadeError):
     """A change was made, but not every worker process confirmed it in time."""
+
+
+#: Redis errors that mean "Redis can't be used right now" (outage, restart, AOF loading,
+#: failover), as opposed to a wrong command or reply.
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+              redis.exceptions.ReadOnlyError)  # fmt: skip

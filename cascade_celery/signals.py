@@ -13,6 +13,7 @@ from celery import current_app, signals
 
 from cascade_celery.cascade import Cascade
 from cascade_celery.errors import ConfigurationError
+from cascade_celery.install import installed
 from cascade_celery.task import GatedTask
 
 logger = logging.getLogger(__name__)
@@ -24,10 +25,10 @@ def release_slots(sender: Any = None, task_id: str | None = None, **_: Any) -> N
     Celery skips ``after_return`` for ignored tasks, so release can't live there.
     Redis down: logged; the slot comes back when its lease expires.
     """
-    cascade = getattr(getattr(sender, "app", None), "_cascade", None)
-    if cascade is None or task_id is None:
+    installation = installed(getattr(sender, "app", None))
+    if installation is None or task_id is None:
         return
-    runtime = cascade.current_runtime()
+    runtime = installation.current_runtime()
     if runtime is not None:
         runtime.release(task_id)
 
@@ -37,11 +38,11 @@ def start_child_runtime(**_: Any) -> None:
 
     Redis down: logged; the first gated task retries the load and backs off if needed.
     """
-    cascade = getattr(current_app, "_cascade", None)
-    if cascade is None:
+    installation = installed(current_app)
+    if installation is None:
         return
     try:
-        cascade.runtime().ensure_ready()
+        installation.runtime().ensure_ready()
     except Exception as exc:
         logger.warning("cascade: could not load constraints at process start: %s", exc)
 
@@ -76,10 +77,14 @@ def start_worker_node(sender: Any = None, **_: Any) -> None:
 
 
 def stop_runtime(**_: Any) -> None:
-    """Stop this process's runtime threads on the way out."""
+    """Stop this process's runtime threads (and MQTT listener) on the way out."""
     cascade = getattr(current_app, "_cascade", None)
     if cascade is not None:
         cascade.close()
+        return
+    installation = installed(current_app)
+    if installation is not None:
+        installation.close()
 
 
 signals.task_postrun.connect(release_slots, weak=False)

@@ -4,8 +4,8 @@ Declare per task (``@app.task(base=GatedTask, concurrency=5)``) or for a whole a
 (``Celery(..., task_cls="cascade_celery:GatedTask")`` or ``Cascade(app, gate_all=True)``).
 
 A worker runs a message through the task's tracer (``task.__trace__``, which Celery
-builds per task); GatedTask's tracer gates first. An admitted execution then goes
-through Celery's trace as usual (``task_prerun``, ``before_start``, the body,
+builds per task); GatedTask's tracer gates first (internals.hook_tracer). An admitted
+execution then goes through Celery's trace as usual (``task_prerun``, ``before_start``, the body,
 ``task_postrun``, which releases its slots). A parked one ends there as ``IGNORED``
 (the worker acknowledges it) without the trace: no prerun/postrun signals for a run
 that did not start, and none of the cost of building the two formatted tracebacks
@@ -19,16 +19,15 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from billiard.einfo import ExceptionInfo  # type: ignore[import-untyped]
-from celery import Task, states
+from celery import Task
 from celery.app.task import Context
-from celery.app.trace import TraceInfo, trace_ok_t
 from celery.exceptions import Ignore
 
-from cascade_celery.cascade import Cascade
+from cascade_celery import internals
 from cascade_celery.constraints.handlers.concurrency import MAX_LIMIT, concurrency_pool
 from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.errors import ConfigurationError
+from cascade_celery.install import installation
 from cascade_celery.pools.parking import original_route
 
 _RESOURCE_NAME = re.compile(r"[^\s{}]{1,200}")
@@ -77,15 +76,6 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
                         f"got {units!r}"
                     )
 
-    @property
-    def __trace__(self) -> Any:
-        """The tracer a worker runs this task's messages with: Celery's, gated first."""
-        return self.__dict__.get("_cascade_tracer")
-
-    @__trace__.setter
-    def __trace__(self, tracer: Any) -> None:
-        self.__dict__["_cascade_tracer"] = None if tracer is None else _gated(self, tracer)
-
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         """Gate an execution the tracer did not gate: return to run it, or park it and
         end this execution (Ignore)."""
@@ -98,7 +88,7 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
             raise gated  # the tracer's gate failed: Celery handles it here (Reject...)
         if gated is not None:
             return
-        runtime = Cascade.for_app(self.app).runtime()
+        runtime = installation(self.app).runtime()
         version = runtime.gate(self, request, self.cascade_info(request), args, kwargs)
         if version is None:
             raise Ignore()
@@ -131,7 +121,7 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
 GATED = "cascade_gated"
 
 
-def _gated(task: GatedTask, tracer: Any) -> Any:
+def _gated(task: Any, tracer: Any) -> Any:
     """Wrap Celery's ``tracer`` for ``task``: gate, then trace only what was admitted."""
     app = task.app
 
@@ -139,7 +129,7 @@ def _gated(task: GatedTask, tracer: Any) -> Any:
         request = dict(request or {})
         if request.get("is_eager"):
             return tracer(uuid, args, kwargs, request)
-        runtime = Cascade.for_app(app).runtime()
+        runtime = installation(app).runtime()
         try:
             context = Context(request, args=args, called_directly=False, kwargs=kwargs)
             version = runtime.gate(task, context, task.cascade_info(context), args, kwargs)
@@ -147,7 +137,7 @@ def _gated(task: GatedTask, tracer: Any) -> Any:
             request[GATED] = exc
         else:
             if version is None:
-                return _ignored()
+                return internals.ignored_result()
             request[GATED] = version
         try:
             return tracer(uuid, args, kwargs, request)
@@ -158,18 +148,7 @@ def _gated(task: GatedTask, tracer: Any) -> Any:
     return trace
 
 
-_IGNORED: list[Any] = []
-
-
-def _ignored() -> Any:
-    """What Celery's trace returns for an execution that raised Ignore (built once)."""
-    if not _IGNORED:
-        try:
-            raise Ignore()
-        except Ignore as exc:
-            _IGNORED.append(trace_ok_t(ExceptionInfo(internal=True),
-                                       TraceInfo(states.IGNORED, exc), None, None))  # fmt: skip
-    return _IGNORED[0]
+internals.hook_tracer(GatedTask, _gated)  # a worker runs messages through the gate
 
 
 def queue_of(app: Any, exchange: str, routing_key: str) -> str | None:

@@ -12,18 +12,8 @@ from typing import Any
 from celery import bootsteps
 from kombu.common import ignore_errors
 
+from cascade_celery.install import installation
 from cascade_celery.pools.parking import handoff_entity, handoff_queue, is_handoff_queue
-
-_FLAG = "_cascade_consumes_handoffs"
-
-
-def consumes_handoffs(app: Any) -> bool:
-    """Whether this process belongs to a worker whose consumer serves hand-off queues.
-
-    False when cascade was installed only after the worker started (the step was too
-    late): hand-offs then go to the task's own queue.
-    """
-    return bool(getattr(app, _FLAG, False))
 
 
 class HandoffQueues(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
@@ -33,13 +23,12 @@ class HandoffQueues(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        from cascade_celery.cascade import Cascade  # here: cascade.py imports this module
-
+        installed = installation(parent.app)
         # Signal receivers can't stop a worker (Celery logs their errors); a step can:
         # a wrong setting raises ConfigurationError here, before any task is consumed.
-        _ = Cascade.for_app(parent.app).config
-        # Built in the worker's main process before the pool forks: children inherit it.
-        setattr(parent.app, _FLAG, True)
+        _ = installed.config
+        # Set in the worker's main process before the pool forks: children inherit it.
+        installed.consumes_handoffs = True
         self.consumer: Any = None
 
     def start(self, c: Any) -> None:

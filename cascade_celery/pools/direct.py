@@ -14,12 +14,9 @@ from __future__ import annotations
 import redis
 from celery import Celery
 
+from cascade_celery import internals
 from cascade_celery.pools.keys import handoff_direct
 from cascade_celery.pools.parking import DirectRoute
-
-#: The broker channel's methods a direct envelope is built with (kombu's Redis transport).
-_CHANNEL_METHODS = ("prepare_message", "_inplace_augment_message", "_get_message_priority",
-                    "_q_for_pri", "_create_client")  # fmt: skip
 
 
 def broker_db_on(app: Celery, client: redis.Redis) -> int | None:
@@ -29,11 +26,11 @@ def broker_db_on(app: Celery, client: redis.Redis) -> int | None:
     """
     with app.producer_or_acquire() as producer:
         channel = producer.channel
-        if producer.connection.transport.driver_type != "redis" or not all(
-            hasattr(channel, name) for name in _CHANNEL_METHODS
+        if producer.connection.transport.driver_type != "redis" or not (
+            internals.supports_direct(channel)
         ):
             return None
-        broker = channel._create_client()
+        broker = internals.broker_client(channel)
         if broker.info("server")["run_id"] != client.info("server")["run_id"]:
             return None
         return own_db(broker)

@@ -32,6 +32,8 @@ from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.json import loads as json_loads
 
+from cascade_celery import internals
+
 #: Protocol 2 headers Celery keeps as request attributes.
 _HEADERS = (
     "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
@@ -204,20 +206,16 @@ def _direct_payload(app: Celery, route: DirectRoute, message: dict[str, Any]) ->
     priority = properties.pop("priority", None)
     with app.producer_or_acquire() as producer:
         channel = producer.channel
-        envelope = channel.prepare_message(
-            base64.b64decode(message["body"]), priority, message["content_type"],
-            message["content_encoding"], headers, properties,
+        envelope = internals.build_envelope(
+            channel, queue, base64.b64decode(message["body"]), priority,
+            (message["content_type"], message["content_encoding"]), headers, properties,
         )  # fmt: skip
-        # basic_publish's own steps for the default exchange: encode the body, give the
-        # delivery its tag (unique per parking: a duplicate push is told apart), route.
-        channel._inplace_augment_message(envelope, "", queue)
         # The script writes the rest of the grant in place of its placeholder. Both
         # placeholders come before any user data (the scripts replace the first match).
         pool_header = {HANDOFF_POOL_HEADER: envelope["headers"].pop(HANDOFF_POOL_HEADER)}
         grant = [envelope["properties"]["delivery_tag"], GRANT_PLACEHOLDER]
         envelope["headers"] = {**pool_header, GRANT_HEADER: grant, **envelope["headers"]}
-        priority_step = channel._get_message_priority(envelope, reverse=False)
-        key = getattr(channel, "global_keyprefix", "") + channel._q_for_pri(queue, priority_step)
+        key = internals.list_key(channel, envelope, queue)
     head = f"{route.broker_db} {route.own_db} {len(key.encode())}\n{key}".encode()
     return DIRECT_MAGIC + head + str(json_dumps(envelope)).encode()
 
@@ -283,7 +281,7 @@ def publish(
     properties = dict(message["properties"])
     priority = properties.pop("priority", None)
     with app.producer_or_acquire() as producer:
-        reuse_redis_client(producer.channel)
+        internals.reuse_redis_client(producer.channel)
         # What maybe_declare would skip anyway (it binds a copy of each entity first).
         declared = producer.connection.declared_entities
         declare = [entity for entity in declare if hash(entity) not in declared]
@@ -301,23 +299,3 @@ def publish(
             **properties,
         )
     return str(headers["id"])
-
-
-def reuse_redis_client(channel: Any) -> None:
-    """Let a kombu Redis channel reuse one client instead of building one per command.
-
-    kombu's Redis transport makes a new ``redis.Redis`` for every publish and ack
-    (``Channel.conn_or_acquire``), which costs more than the LPUSH itself with redis-py 8
-    (~0.2 ms). The client it builds shares the channel's connection pool and is
-    thread-safe, so one can serve every call. Other transports are left as they are.
-    """
-    create = getattr(channel, "_create_client", None)
-    if create is None or getattr(channel, "_cascade_reuses_client", False):
-        return
-    client = create()
-
-    def create_client(asynchronous: bool = False) -> Any:
-        return create(asynchronous=True) if asynchronous else client
-
-    channel._create_client = create_client
-    channel._cascade_reuses_client = True

@@ -19,6 +19,9 @@ from celery import Celery
 
 from cascade_celery import Cascade, GatedTask
 from cascade_celery.task import GATED
+from tests.harness.crash import install_from_env
+
+install_from_env()  # CASCADE_TEST_CRASH_AT: die at a named point (crash-window tests)
 
 
 class ViewedTask(GatedTask):

@@ -1,5 +1,5 @@
 """A worker process SIGKILLed at each point of a gated task's life: no slot leaks, no parked
-task is lost. The crash is forced by the ``CASCADE_TEST_CRASH_AT`` hook (cascade_celery/crash.py):
+task is lost. The crash is forced by the ``CASCADE_TEST_CRASH_AT`` hook (tests/harness/crash.py):
 the first process to reach the point kills itself, once.
 
 Tasks here use Celery's default early acknowledgement, so a task whose process dies before

@@ -36,8 +36,8 @@ BROKER_DB, CASCADE_DB = 0, 1
 
 def runtime_for(app: Celery) -> Runtime:
     runtime = Cascade.for_app(app).runtime()
-    runtime.handoff_queues = True  # as in a worker consuming the hand-off queues
-    runtime.release_delay = 0.0
+    runtime.handoffs.handoff_queues = True  # as in a worker consuming the hand-off queues
+    runtime.leases.release_delay = 0.0
     runtime.store.put(ONE)
     runtime.ensure_ready()
     return runtime
@@ -79,7 +79,7 @@ def parked(server: RedisServer, prefix: str) -> dict[bytes, bytes]:
 def test_a_process_whose_broker_is_its_redis_server_reports_the_broker_db(
     runtime: Runtime, redis_server: RedisServer, unique_prefix: str
 ) -> None:
-    assert runtime.direct == parking.DirectRoute(BROKER_DB, CASCADE_DB)
+    assert runtime.handoffs.direct == parking.DirectRoute(BROKER_DB, CASCADE_DB)
     assert redis_server.client(CASCADE_DB).get(handoff_direct(unique_prefix)) == b"0"
     assert redis_server.client(CASCADE_DB).pttl(handoff_direct(unique_prefix)) > 0
 
@@ -94,7 +94,7 @@ def test_a_process_whose_broker_is_elsewhere_stops_direct_hand_offs(
         elsewhere = runtime_for(other)
 
         # Then it hands off through kombu and the scripts stop pushing
-        assert elsewhere.direct is None
+        assert elsewhere.handoffs.direct is None
         assert redis_server.client(CASCADE_DB).get(handoff_direct(unique_prefix)) is None
     finally:
         Cascade.for_app(other).close()
@@ -109,7 +109,7 @@ def test_the_release_pushes_the_parked_task_onto_its_hand_off_queue_in_the_same_
     assert payload.startswith(parking.DIRECT_MAGIC)
 
     # When the running task's slot is released
-    handoffs = runtime.resources.release(runtime._leases.popitem()[1].lease)
+    handoffs = runtime.resources.release(runtime.leases.running()[0])
 
     # Then the script pushed the waiter's message itself: nothing to publish or confirm
     assert [(h.task_id, h.payload) for h in handoffs] == [("waiter", b"")]
@@ -135,7 +135,7 @@ def test_a_pushed_envelope_is_the_one_a_kombu_publish_would_push(
             request.delivery_info["priority"] = priority
         task = app.tasks["gated.work"]
         kombu_payload = parking.capture(task, request, (), {}, "q")
-        direct_payload = parking.capture(task, request, (), {}, "q", runtime.direct)
+        direct_payload = parking.capture(task, request, (), {}, "q", runtime.handoffs.direct)
         pool = "odd {name} 100%7B"  # braces and an escape-like text are escaped in keys
         cascade_client = redis_server.client(CASCADE_DB)
         cascade_client.hset(pool_defaults(unique_prefix), pool, 1)  # the runtime's sweeps too
@@ -172,17 +172,17 @@ def test_without_a_process_reporting_the_broker_db_the_hand_off_is_published_by_
     # Given a parked direct payload, and no process reporting the broker DB any more
     # (the fleet moved its broker; the last such report expired)
     park_behind_a_running_task(runtime, app)
-    runtime.direct = None  # this process no longer reports it either
+    runtime.handoffs.direct = None  # this process no longer reports it either
     redis_server.client(CASCADE_DB).delete(handoff_direct(unique_prefix))
 
     # When the slot is released
-    handoffs = runtime.resources.release(runtime._leases.popitem()[1].lease)
+    handoffs = runtime.resources.release(runtime.leases.running()[0])
 
     # Then the script left it to the caller, who publishes it through kombu and confirms
     assert [h.task_id for h in handoffs] == ["waiter"]
     assert handoffs[0].payload.startswith(parking.DIRECT_MAGIC)
     assert handoffs_queued(redis_server) == []
-    runtime.publish_handoffs(handoffs)
+    runtime.handoffs.publish(handoffs)
     (message,) = handoffs_queued(redis_server)
     assert message["headers"]["id"] == "waiter"
     assert message["headers"][parking.HANDOFF_POOL_HEADER] == POOL
@@ -201,16 +201,16 @@ def test_a_push_the_server_refuses_falls_back_to_a_kombu_publish(
     app = make_app(redis_server.url(BROKER_DB), cascade_url, unique_prefix)
     try:
         runtime = runtime_for(app)
-        assert runtime.direct is not None
+        assert runtime.handoffs.direct is not None
         park_behind_a_running_task(runtime, app)
 
         # When the slot is released: the script's push is refused (NOPERM)
-        handoffs = runtime.resources.release(runtime._leases.popitem()[1].lease)
+        handoffs = runtime.resources.release(runtime.leases.running()[0])
 
         # Then the caller publishes it through kombu, with the broker's own credentials
         assert [h.task_id for h in handoffs] == ["waiter"]
         assert handoffs[0].payload.startswith(parking.DIRECT_MAGIC)
-        runtime.publish_handoffs(handoffs)
+        runtime.handoffs.publish(handoffs)
         (message,) = handoffs_queued(redis_server)
         assert message["headers"]["id"] == "waiter"
         assert parked(redis_server, unique_prefix) == {}
@@ -227,7 +227,7 @@ def test_with_direct_hand_off_off_the_process_parks_messages_for_kombu(
         runtime = runtime_for(app)
         park_behind_a_running_task(runtime, app)
 
-        assert runtime.direct is None
+        assert runtime.handoffs.direct is None
         assert redis_server.client(CASCADE_DB).get(handoff_direct(unique_prefix)) is None
         (payload,) = parked(redis_server, unique_prefix).values()
         assert json.loads(payload)["headers"]["id"] == "waiter"
@@ -266,7 +266,7 @@ def test_a_directly_handed_off_task_starts_on_its_reservation_without_a_round_tr
     keys = pool_keys(unique_prefix, POOL)
     cascade_client = redis_server.client(CASCADE_DB)
     request = delivered(hand_off_directly(runtime, app, redis_server))
-    monkeypatch.setattr(runtime, "_claim_started", lambda: None)  # the keeper claims later
+    monkeypatch.setattr(runtime.leases, "claim_started", list)  # the keeper claims later
 
     # When the handed-off task arrives
     assert start(runtime, app, request) is not None
@@ -278,14 +278,14 @@ def test_a_directly_handed_off_task_starts_on_its_reservation_without_a_round_tr
 
     # And the keeper claims it as the task's own lease, renews it, and its end releases it
     monkeypatch.undo()
-    runtime._keeper_wake.set()
+    runtime.leases.claim_started()
     wait_for(lambda: members(redis_server, unique_prefix) != ["r:waiter"], timeout=10)
     (member,) = members(redis_server, unique_prefix)
     assert member.startswith("t:waiter:")
     assert int(cascade_client.get(keys.used)) == 1
     expiry = cascade_client.zscore(keys.holders, member)
     time.sleep(0.002)  # Redis's clock moves on (ms): a renewal sets a later expiry
-    runtime._renew_all()
+    runtime.leases.renew_all()
     assert cascade_client.zscore(keys.holders, member) > expiry
     runtime.release("waiter")
     assert cascade_client.zrange(keys.holders, 0, -1) == []
@@ -299,7 +299,7 @@ def test_a_task_that_ends_before_its_reservation_is_claimed_releases_the_reserva
 ) -> None:  # fmt: skip
     keys = pool_keys(unique_prefix, POOL)
     request = delivered(hand_off_directly(runtime, app, redis_server))
-    monkeypatch.setattr(runtime, "_claim_started", lambda: None)
+    monkeypatch.setattr(runtime.leases, "claim_started", list)
     assert start(runtime, app, request) is not None
 
     runtime.release("waiter")
@@ -355,7 +355,7 @@ def test_a_grant_that_may_no_longer_hold_is_checked_with_redis(
     }[change]
     if change.startswith("published again"):
         message["properties"]["delivery_tag"] = "another-delivery"
-    monkeypatch.setattr(runtime, "_claim_started", lambda: None)  # only an acquire converts
+    monkeypatch.setattr(runtime.leases, "claim_started", list)  # only an acquire converts
 
     assert start(runtime, app, delivered(message)) is not None
 

@@ -26,7 +26,7 @@ def runtime(redis_server: RedisServer, unique_prefix: str) -> Iterator[Runtime]:
 def test_the_constraints_in_force_stay_until_the_set_is_stored_again(
     runtime: Runtime, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="cascade_celery.runtime")
+    caplog.set_level(logging.WARNING, logger="cascade_celery.runtime.sync")
     runtime.store.put(PAUSE)
     runtime.reload()
     assert runtime.manager.active() == [PAUSE]

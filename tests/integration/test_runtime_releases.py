@@ -51,7 +51,7 @@ def runtime(app: Celery) -> Iterator[Runtime]:
     runtime = cascade.runtime()
     runtime.store.put(LIMIT)
     runtime.ensure_ready()
-    wait_for(lambda: runtime.listening, timeout=10)  # hears of lines: may take leases over
+    wait_for(lambda: runtime.sync.listening, timeout=10)  # hears of lines: may take leases over
     yield runtime
     cascade.close()
 
@@ -74,7 +74,7 @@ def gate(runtime: Runtime, task: Task, task_id: str) -> int | None:
 
 def end_a_task(runtime: Runtime, app: Celery, task_id: str, *, release_delay: float) -> None:
     """Admit an execution and end it; its lease waits ``release_delay`` for an acquire."""
-    runtime.release_delay = release_delay
+    runtime.leases.release_delay = release_delay
     assert gate(runtime, app.tasks["gated.work"], task_id) is not None
     runtime.release(task_id)
 
@@ -116,7 +116,7 @@ def test_the_next_task_takes_the_ended_lease_over_without_asking_redis(
     assert int(redis_server_aof.client().get(pool_keys(unique_prefix, POOL).used)) == 1
 
     # And the last one's lease is released once it ends
-    runtime.release_delay = 0.05
+    runtime.leases.release_delay = 0.05
     runtime.release("third")
     wait_for(lambda: holders(redis_server_aof, unique_prefix) == [], timeout=10)
 
@@ -185,9 +185,9 @@ def test_a_lease_from_before_the_listener_resubscribed_is_not_taken_over(
     # and may have missed a line forming meanwhile
     end_a_task(runtime, app, "first", release_delay=3600)
     redis_server_aof.stop()
-    wait_for(lambda: not runtime.listening, timeout=10)
+    wait_for(lambda: not runtime.sync.listening, timeout=10)
     redis_server_aof.restart()
-    wait_for(lambda: runtime.listening, timeout=20)
+    wait_for(lambda: runtime.sync.listening, timeout=20)
 
     # Then the next task asks Redis (which releases the old lease along)
     assert gate(runtime, app.tasks["gated.work"], "second") is not None
