@@ -130,6 +130,10 @@ def _gated(task: Any, tracer: Any) -> Any:
         if request.get("is_eager"):
             return tracer(uuid, args, kwargs, request)
         runtime = installation(app).runtime()
+        free = runtime.admission.known_free(task.name, request)
+        if free is not None:  # needs no pool: no Context, no Redis, nothing to release
+            request[GATED] = free
+            return tracer(uuid, args, kwargs, request)
         try:
             context = Context(request, args=args, called_directly=False, kwargs=kwargs)
             version = runtime.gate(task, context, task.cascade_info(context), args, kwargs)

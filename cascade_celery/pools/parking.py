@@ -125,10 +125,15 @@ def grant_of(request: Any) -> Grant | None:
 
 def original_route(request: Any) -> tuple[str, str]:
     """The (exchange, routing key) a task was first sent with, through any hand-offs."""
-    route = (request.headers or {}).get(ROUTE_HEADER)
+    return route_of(request.headers, request.delivery_info)
+
+
+def route_of(headers: Any, delivery_info: Any) -> tuple[str, str]:
+    """:func:`original_route` from a request's headers and delivery info."""
+    route = (headers or {}).get(ROUTE_HEADER)
     if isinstance(route, (list, tuple)) and len(route) == 2:
         return str(route[0] or ""), str(route[1] or "")
-    delivery = request.delivery_info or {}
+    delivery = delivery_info or {}
     return str(delivery.get("exchange") or ""), str(delivery.get("routing_key") or "")
 
 

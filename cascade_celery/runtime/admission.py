@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +100,33 @@ class Admission:
         self.lease_seconds = lease_seconds
         self.retry_delay = retry_delay
         self.retry_max_delay = retry_max_delay
+        #: Tasks (name, route) known to need no pool under constraint-set version
+        #: ``_free_version``: their executions skip the gate until the set changes.
+        self._free: set[tuple[str, tuple[str, str]]] = set()
+        self._free_version = -1
+        self._free_lock = threading.Lock()
+
+    def known_free(self, name: str, request: Mapping[str, Any]) -> int | None:
+        """The constraint-set version under which an execution of task ``name`` surely
+        needs no pool (``request``: the worker's request dict), if this process learnt
+        so since the set last changed; else None: gate it. Only a change of the set can
+        make a task need a pool (an expiry only frees it), and every change bumps the
+        version."""
+        if parking.HANDOFF_POOL_HEADER in (request.get("headers") or {}):
+            return None  # it holds a reservation to give back
+        version = self.manager.version
+        if version != self._free_version:
+            return None
+        route = parking.route_of(request.get("headers"), request.get("delivery_info"))
+        return version if (name, route) in self._free else None
+
+    def _learn_free(self, version: int, name: str, request: Any) -> None:
+        with self._free_lock:
+            if self.manager.version != version:
+                return  # the set changed meanwhile: this decision may be stale
+            if self._free_version != version:
+                self._free, self._free_version = set(), version
+            self._free.add((name, parking.original_route(request)))
 
     def gate(self, task: Task, request: Any, info: TaskInfo, args: Any, kwargs: Any) -> int | None:
         """Admit an execution of ``task`` (``request``: its Context) or park it.
@@ -118,6 +145,7 @@ class Admission:
                 decision = self.manager.evaluate(info)
                 if decision.is_free:
                     self._give_back(task_id, reserved_in)
+                    self._learn_free(version, task.name, request)
                     return version
                 if reserved_in is not None and self._start_on_grant(
                     key, request, decision, reserved_in

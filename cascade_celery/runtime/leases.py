@@ -129,8 +129,11 @@ class LeaseBook:
 
     def release(self, task_id: str) -> None:
         """Give back the lease of a task that ended (any state) in this thread."""
+        key = (task_id, threading.get_ident())
+        if key not in self._held:  # (only this thread adds this key: no lock needed)
+            return
         with self._changed:
-            held = self._held.pop((task_id, threading.get_ident()), None)
+            held = self._held.pop(key, None)
         if held is None:
             return
         probe.at("before_release")
