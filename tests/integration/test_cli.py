@@ -33,7 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cascade_celery import Cascade
 from cascade_celery.cascade import default_id
 from cascade_celery.cli import cascade as cascade_group
-from cascade_celery.cli import parse_duration
+from cascade_celery.cli.options import parse_duration
 from cascade_celery.constraints.handlers.concurrency import MAX_LIMIT
 from cascade_celery.constraints.model import ID_PATTERN, Scope
 from cascade_celery.errors import InvalidConstraint
