@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from cascade_celery.cli.changes import limit, pause, resume, unlimit
+from cascade_celery.cli.changes import limit, pause, rate, resume, unlimit, unrate
 from cascade_celery.cli.views import constraints, status
 
 __all__ = ["cascade"]
@@ -18,12 +18,12 @@ __all__ = ["cascade"]
 
 @click.group(name="cascade")
 def cascade() -> None:
-    """Change and inspect cluster-wide pauses and concurrency limits (cascade-celery).
+    """Change and inspect cluster-wide pauses and limits (cascade-celery).
 
     Changes go to every worker: over MQTT when cascade_mqtt_url is set, else through
     the shared Redis.
     """
 
 
-for _command in (pause, resume, limit, unlimit, constraints, status):
+for _command in (pause, resume, limit, unlimit, rate, unrate, constraints, status):
     cascade.add_command(_command)

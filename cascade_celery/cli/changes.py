@@ -1,4 +1,4 @@
-"""The commands that change constraints: pause, resume, limit, unlimit."""
+"""The commands that change constraints: pause, resume, limit, unlimit, rate, unrate."""
 
 from __future__ import annotations
 
@@ -128,4 +128,49 @@ def unlimit(
     cid = constraint_id or default_id("concurrency", str(scope))
     removed = _remove(ctx, "concurrency", scope, cid)
     confirm(ctx, f"unlimited {scope} (id {cid}{'' if removed else '; it was not limited'})")
+    _await(ctx, cid, None, wait)
+
+
+_RATE_HELP = "RATE is N/PERIOD, PERIOD s, m, h or d with an optional count: 10/s, 300/m, 500/15m."
+
+
+@click.command(cls=CeleryCommand, epilog=f"{_RATE_HELP} {SCOPE_HELP}")
+@scope_argument
+@click.argument("rates", metavar="RATE...", nargs=-1, required=True)
+@for_option("Lift the rate limit after DURATION (30s, 10m, 2h, 1h30m, 1d or seconds).")
+@id_option("Constraint id (default: rate_limit-<scope>).")
+@wait_option
+@click.pass_context
+def rate(
+    ctx: click.Context,
+    scope: Scope,
+    rates: tuple[str, ...],
+    duration: float | None,
+    constraint_id: str | None,
+    wait: float | None,
+) -> None:
+    """Admit tasks of SCOPE at no more than RATE, across all workers (several: all hold)."""
+    with reporting_errors(ctx):
+        # Cascade.rate arrives with the rate_limit constraint type; then drop the ignore.
+        constraint: Constraint = cascade_of(ctx).rate(  # type: ignore[attr-defined,unused-ignore]
+            str(scope),
+            rates[0] if len(rates) == 1 else list(rates),
+            seconds=duration,
+            constraint_id=constraint_id,
+        )
+    span, until = _lasting(constraint, duration)
+    confirm(ctx, f"rate-limited {scope} to {' and '.join(rates)}{span} (id {constraint.id}{until})")
+    _await(ctx, constraint.id, constraint, wait)
+
+
+@click.command(cls=CeleryCommand, epilog=SCOPE_HELP)
+@scope_argument
+@id_option("Id of the rate limit to lift (default: rate_limit-<scope>).")
+@wait_option
+@click.pass_context
+def unrate(ctx: click.Context, scope: Scope, constraint_id: str | None, wait: float | None) -> None:
+    """Lift the rate limit of SCOPE."""
+    cid = constraint_id or default_id("rate_limit", str(scope))
+    removed = _remove(ctx, "rate_limit", scope, cid)
+    confirm(ctx, f"unrated {scope} (id {cid}{'' if removed else '; it was not rate-limited'})")
     _await(ctx, cid, None, wait)

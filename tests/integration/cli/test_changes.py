@@ -21,7 +21,8 @@ from tests.integration.cli.conftest import UTC_TIME, ok, retained, run_cli, stor
 def test_the_cascade_group_is_installed_as_a_celery_command(env: dict[str, str]) -> None:
     out = ok(env, "--help")
 
-    for command in ("pause", "resume", "limit", "unlimit", "constraints", "status"):
+    for command in ("pause", "resume", "limit", "unlimit", "rate", "unrate", "constraints",
+                    "status"):  # fmt: skip
         assert re.search(rf"^\s+{command}\s", out, re.MULTILINE), out
 
 
@@ -152,6 +153,29 @@ def test_resume_refuses_to_remove_a_constraint_of_another_kind(
 
     assert result.returncode == 2
     assert "emails-cap is a concurrency on queue:emails, not a pause on task:shop.charge" in (
+        result.stderr
+    )
+    assert "emails-cap" in stored(app)
+
+
+def test_unrate_of_what_is_not_there_changes_nothing_and_says_so(
+    env: dict[str, str], app: Celery
+) -> None:
+    assert ok(env, "unrate", "queue:emails") == (
+        "unrated queue:emails (id rate_limit-queue:emails; it was not rate-limited)\n"
+    )
+    assert stored(app) == {}
+
+
+def test_unrate_refuses_to_remove_a_constraint_of_another_kind(
+    env: dict[str, str], app: Celery
+) -> None:
+    ok(env, "limit", "queue:emails", "3", "--id", "emails-cap")
+
+    result = run_cli(env, "unrate", "queue:emails", "--id", "emails-cap")
+
+    assert result.returncode == 2
+    assert "emails-cap is a concurrency on queue:emails, not a rate_limit on queue:emails" in (
         result.stderr
     )
     assert "emails-cap" in stored(app)

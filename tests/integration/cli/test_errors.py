@@ -75,6 +75,17 @@ def test_bad_input_through_celery_exits_2_and_publishes_nothing(
         (["limit", "queue:emails", "3", "--wait", "-1"], "not in the range x>0"),
         (["resume", "task:a", "--wait", "soon"], "'soon' is not a valid float"),
         (["unlimit", "queue:emails", "--wait"], "requires an argument"),
+        (["rate"], "Missing argument 'SCOPE'"),
+        (["rate", "task:a"], "Missing argument 'RATE...'"),
+        (["rate", "task:a", "--for", "10m"], "Missing argument 'RATE...'"),
+        (["rate", "bad", "10/s"], "scope 'bad' is not"),
+        (["rate", "task:a", "10/s", "--for", "10x"], "'10x' is not a duration"),
+        (["rate", "task:a", "10/s", "--for", "0"], "must be more than 0 seconds"),
+        (["rate", "task:a", "10/s", "--id", "a b"], "'a b' must match"),
+        (["rate", "task:a", "10/s", "--wait", "0"], "not in the range x>0"),
+        (["unrate"], "Missing argument 'SCOPE'"),
+        (["unrate", "nope"], "scope 'nope' is not"),
+        (["unrate", "task:a", "--id", "a/b"], "'a/b' must match"),
     ],
 )
 def test_bad_input_is_a_usage_error_and_publishes_nothing(
