@@ -16,6 +16,7 @@ from cascade_celery.constraints.handlers import default_handlers
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import Constraint
 from cascade_celery.pools.keys import pool_defaults, pool_keys, pool_registry
+from cascade_celery.text import text
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +71,10 @@ def read_status(
         pipe.time()
         registered, raw_defaults, (seconds, microseconds) = pipe.execute()
     now_ms = seconds * 1000 + microseconds // 1000
-    defaults = {_text(pool): int(capacity) for pool, capacity in raw_defaults.items()}
+    defaults = {text(pool): int(capacity) for pool, capacity in raw_defaults.items()}
     for pool, capacity in defaults.items():
         manager.set_default_capacity(pool, capacity)
-    names = sorted({*map(_text, registered), *governed, *defaults})
+    names = sorted({*map(text, registered), *governed, *defaults})
 
     with client.pipeline(transaction=False) as pipe:
         for name in names:
@@ -83,7 +84,7 @@ def read_status(
             pipe.zrange(keys.waiters, 0, 0)
         counters = pipe.execute()
     heads = {
-        name: _text(head[0])
+        name: text(head[0])
         for name, head in zip(names, counters[2::3], strict=True)
         if head  # the first in line has waited longest: a line is FIFO
     }
@@ -109,7 +110,3 @@ def read_status(
         )
         for name, used, parked in zip(names, counters[0::3], counters[1::3], strict=True)
     ]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -36,6 +36,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The markers that choose a test's servers (declared once, used by whole modules)."""
+    config.addinivalue_line(
+        "markers", "redis_aof: cascade's Redis (redis_server) persists with AOF"
+    )
+    config.addinivalue_line("markers", "mqtt: e2e workers take their constraints from MQTT")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Give the soak a timeout that grows with the tasks it sends."""
     tasks = config.getoption("--soak-tasks")
@@ -56,9 +64,12 @@ def _serving(make: Callable[[], S]) -> Iterator[S]:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis without persistence (what a crash loses is gone), for cascade's state."""
-    with _serving(lambda: RedisServer(tmp_path / "redis")) as server:
+def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis for cascade's state: without persistence (what a crash loses is gone),
+    or with AOF (``appendfsync always``) where the test is marked ``redis_aof``.
+    """
+    aof = request.node.get_closest_marker("redis_aof") is not None
+    with _serving(lambda: RedisServer(tmp_path / "redis", appendonly=aof)) as server:
         yield server
 
 

@@ -11,6 +11,7 @@ from celery import Celery
 
 from cascade_celery import Cascade
 from tests.apps.gated_app import make_app
+from tests.harness.mosquitto import MosquittoServer
 from tests.harness.redis_server import RedisServer
 from tests.harness.workers import WorkerProcess, embedded_worker
 
@@ -25,30 +26,52 @@ def broker_client(broker_redis: RedisServer) -> redis.Redis:
 
 @pytest.fixture
 def worker_env(
-    broker_redis: RedisServer, redis_server: RedisServer, unique_prefix: str
+    request: pytest.FixtureRequest,
+    broker_redis: RedisServer,
+    redis_server: RedisServer,
+    unique_prefix: str,
 ) -> dict[str, str]:
-    """Environment that configures ``tests.apps.gated_app`` in a worker subprocess."""
-    return {
+    """Environment that configures ``tests.apps.gated_app`` in a worker subprocess.
+
+    Where the test is marked ``mqtt``, workers take their constraints from MQTT
+    (``mosquitto_server``).
+    """
+    env = {
         "CASCADE_TEST_BROKER": broker_redis.url(),
         "CASCADE_TEST_REDIS": redis_server.url(),
         "CASCADE_TEST_PREFIX": unique_prefix,
         "CASCADE_TEST_LEASE": str(LEASE_SECONDS),
     }
+    if request.node.get_closest_marker("mqtt") is not None:
+        mosquitto: MosquittoServer = request.getfixturevalue("mosquitto_server")
+        env["CASCADE_TEST_MQTT"] = mosquitto.url
+    return env
+
+
+def app_from_env(env: dict[str, str]) -> Celery:
+    """The test app configured by ``env`` (a ``worker_env``), with its MQTT options.
+
+    With ``CASCADE_TEST_MQTT`` it publishes constraints over MQTT, with the options
+    ``CASCADE_TEST_MQTT_<OPTION>`` give (``cascade_mqtt_<option>``), as a worker does.
+    """
+    return make_app(
+        env["CASCADE_TEST_BROKER"],
+        env["CASCADE_TEST_REDIS"],
+        env["CASCADE_TEST_PREFIX"],
+        lease_seconds=float(env["CASCADE_TEST_LEASE"]),
+        mqtt_url=env.get("CASCADE_TEST_MQTT"),
+        mqtt_options={
+            key.removeprefix("CASCADE_TEST_MQTT_").lower(): value
+            for key, value in env.items()
+            if key.startswith("CASCADE_TEST_MQTT_")
+        },
+    )
 
 
 @pytest.fixture
 def gated_app(worker_env: dict[str, str]) -> Iterator[Celery]:
-    """The test app in this process: sends tasks, changes constraints, reads results.
-
-    With ``CASCADE_TEST_MQTT`` in ``worker_env`` it publishes constraints over MQTT.
-    """
-    app = make_app(
-        worker_env["CASCADE_TEST_BROKER"],
-        worker_env["CASCADE_TEST_REDIS"],
-        worker_env["CASCADE_TEST_PREFIX"],
-        lease_seconds=float(worker_env["CASCADE_TEST_LEASE"]),
-        mqtt_url=worker_env.get("CASCADE_TEST_MQTT"),
-    )
+    """The test app in this process: sends tasks, changes constraints, reads results."""
+    app = app_from_env(worker_env)
     yield app
     Cascade.for_app(app).close()
 

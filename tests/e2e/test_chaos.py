@@ -143,18 +143,16 @@ class Chaos(threading.Thread):
                  message="the final (unpaused) state to be published")  # fmt: skip
 
 
-@pytest.fixture
-def redis_server(redis_server_aof: RedisServer) -> RedisServer:
-    """Cascade's Redis persists (AOF): leases and parked tasks survive its restart."""
-    return redis_server_aof
+#: Workers take constraints from MQTT; cascade's Redis persists (AOF), so leases and
+#: parked tasks survive its restart.
+pytestmark = [pytest.mark.mqtt, pytest.mark.redis_aof]
 
 
 @pytest.fixture
-def worker_env(worker_env: dict[str, str], mosquitto_server: MosquittoServer) -> dict[str, str]:
-    """Workers take constraints from MQTT, with short leases and a short visibility timeout."""
+def worker_env(worker_env: dict[str, str]) -> dict[str, str]:
+    """Workers have short leases and a short visibility timeout."""
     return {
         **worker_env,
-        "CASCADE_TEST_MQTT": mosquitto_server.url,
         "CASCADE_TEST_LEASE": str(LEASE),
         "CASCADE_TEST_VISIBILITY": str(VISIBILITY),
     }

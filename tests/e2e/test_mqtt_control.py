@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,24 +21,8 @@ from tests.harness.mosquitto import MosquittoServer
 from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_for
 
-
-@pytest.fixture
-def worker_env(worker_env: dict[str, str], mosquitto_server: MosquittoServer) -> dict[str, str]:
-    """Workers in these tests take their constraints from MQTT."""
-    return {**worker_env, "CASCADE_TEST_MQTT": mosquitto_server.url}
-
-
-@pytest.fixture
-def gated_app(worker_env: dict[str, str]) -> Iterator[Celery]:
-    """The test app, publishing constraints over MQTT."""
-    app = make_app(
-        worker_env["CASCADE_TEST_BROKER"],
-        worker_env["CASCADE_TEST_REDIS"],
-        worker_env["CASCADE_TEST_PREFIX"],
-        mqtt_url=worker_env["CASCADE_TEST_MQTT"],
-    )
-    yield app
-    Cascade.for_app(app).close()
+#: Workers in these tests take their constraints from MQTT.
+pytestmark = pytest.mark.mqtt
 
 
 def publish(server: MosquittoServer, topic: str, payload: bytes | str) -> None:
@@ -114,7 +97,7 @@ def test_a_worker_started_after_the_message_enforces_it_from_its_first_task(
 
 def test_pause_and_resume_through_mqtt_and_expiry_without_a_message(
     gated_app: Celery,
-    cascade_api: Cascade,
+    cascade: Cascade,
     start_worker: StartWorker,
     broker_client: redis.Redis,
     unique_prefix: str,
@@ -123,14 +106,14 @@ def test_pause_and_resume_through_mqtt_and_expiry_without_a_message(
     work = gated_app.tasks["gated.work"]
 
     # Pause and resume via the publishing API (retained messages)
-    cascade_api.pause("task:gated.work", wait=30)
+    cascade.pause("task:gated.work", wait=30)
     paused = work.delay("a", 0.01)
     wait_for(lambda: paused.state == DEFERRED, timeout=30)
-    cascade_api.resume("task:gated.work")
+    cascade.resume("task:gated.work")
     assert paused.get(timeout=30) == "a"
 
     # A pause with expires_at ends on time with no further message
-    pause = cascade_api.pause("task:gated.work", seconds=3, wait=30)
+    pause = cascade.pause("task:gated.work", seconds=3, wait=30)
     held = work.delay("b", 0.01)
     wait_for(lambda: held.state == DEFERRED, timeout=30)
     assert held.get(timeout=30) == "b"
@@ -141,14 +124,14 @@ def test_pause_and_resume_through_mqtt_and_expiry_without_a_message(
 
 def test_mosquitto_restart_keeps_constraints_in_force_and_the_worker_resubscribes(
     gated_app: Celery,
-    cascade_api: Cascade,
+    cascade: Cascade,
     start_worker: StartWorker,
     mosquitto_server: MosquittoServer,
     broker_client: redis.Redis,
     unique_prefix: str,
 ) -> None:
     # Given a limit of 1 in force
-    cascade_api.limit("task:gated.work", 1)
+    cascade.limit("task:gated.work", 1)
     worker = start_worker(pool="prefork", concurrency=3)
     work = gated_app.tasks["gated.work"]
 
@@ -164,7 +147,7 @@ def test_mosquitto_restart_keeps_constraints_in_force_and_the_worker_resubscribe
     # The restarted broker lost its retained state: logged once the burst after the
     # reconnect has ended (after "connected to MQTT").
     wait_for(lambda: "keeping them" in worker.log_text(), timeout=30)
-    cascade_api.limit("task:gated.work", 3, wait=30)
+    cascade.limit("task:gated.work", 3, wait=30)
     after = [work.delay(f"a{i}", 0.3) for i in range(6)]
     assert [r.get(timeout=60) for r in after] == [f"a{i}" for i in range(6)]
     later = [run for run in runs(broker_client, unique_prefix) if str(run.label).startswith("a")]
@@ -190,26 +173,26 @@ BAD_PAYLOADS: list[tuple[str, bytes]] = [
 
 def test_bad_payloads_are_rejected_with_a_log_line_and_change_nothing(
     gated_app: Celery,
-    cascade_api: Cascade,
+    cascade: Cascade,
     start_worker: StartWorker,
     mosquitto_server: MosquittoServer,
     unique_prefix: str,
 ) -> None:
-    cascade_api.limit("task:gated.work", 2)
+    cascade.limit("task:gated.work", 2)
     worker = start_worker(pool="threads", concurrency=2)
-    wait_for(lambda: [c.id for c in cascade_api.constraints()], timeout=30)
-    before = cascade_api.constraints()
+    wait_for(lambda: [c.id for c in cascade.constraints()], timeout=30)
+    before = cascade.constraints()
 
     for name, payload in BAD_PAYLOADS:
         publish(mosquitto_server, f"{unique_prefix}/constraints/{name}", payload)
     # A good message after them proves they were all processed, in order
     publish(mosquitto_server, *constraint(unique_prefix, "marker", "pause", "task:none"))
-    wait_for(lambda: "marker" in {c.id for c in cascade_api.constraints()}, timeout=30)
+    wait_for(lambda: "marker" in {c.id for c in cascade.constraints()}, timeout=30)
 
     log = worker.log_text()
     for name, _ in BAD_PAYLOADS:
         assert f"rejected MQTT message on {unique_prefix}/constraints/{name}:" in log, name
-    after = [c for c in cascade_api.constraints() if c.id != "marker"]
+    after = [c for c in cascade.constraints() if c.id != "marker"]
     assert after == before
     assert gated_app.tasks["gated.work"].delay("still", 0.01).get(timeout=30) == "still"
 
@@ -238,28 +221,22 @@ def test_two_prefixes_on_one_broker_do_not_affect_each_other(
     Cascade.for_app(other_app).close()
 
 
-@pytest.fixture
-def cascade_api(gated_app: Celery) -> Cascade:
-    """The publishing API (over MQTT) of the test app."""
-    return Cascade.for_app(gated_app)
-
-
 def _reconnected(log: str) -> bool:
     return log.rfind("connected to MQTT") > log.rfind("MQTT disconnected") >= 0
 
 
 def test_a_task_name_with_topic_and_key_characters_is_limited_safely(
     gated_app: Celery,
-    cascade_api: Cascade,
+    cascade: Cascade,
     start_worker: StartWorker,
     broker_client: redis.Redis,
     redis_server: RedisServer,
     unique_prefix: str,
 ) -> None:
     # Its '*' makes the scope a glob too; it matches the task itself
-    limit = cascade_api.limit(f"task:{ODD_NAME}", 1)
+    limit = cascade.limit(f"task:{ODD_NAME}", 1)
     start_worker(pool="threads", concurrency=3)
-    cascade_api.wait_until_applied(limit.id, limit, timeout=30)
+    cascade.wait_until_applied(limit.id, limit, timeout=30)
 
     results = [gated_app.tasks[ODD_NAME].delay(i, 0.05) for i in range(4)]
 

@@ -64,10 +64,8 @@ def protocol_json(value: object) -> bytes:
     return json.dumps(value).encode()
 
 
-@pytest.fixture
-def worker_env(worker_env: dict[str, str], mosquitto_server: MosquittoServer) -> dict[str, str]:
-    """The worker takes its constraints from MQTT."""
-    return {**worker_env, "CASCADE_TEST_MQTT": mosquitto_server.url}
+#: The worker takes its constraints from MQTT.
+pytestmark = pytest.mark.mqtt
 
 
 @pytest.fixture

@@ -7,12 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from celery import Celery
 
 from cascade_celery import DEFERRED, Cascade
 from cascade_celery.errors import ControlPlaneUnavailable
-from tests.apps.gated_app import make_app
-from tests.e2e.conftest import StartWorker
+from tests.e2e.conftest import StartWorker, app_from_env
 from tests.harness.mosquitto import MosquittoServer
 from tests.harness.tls import Certificates, make_certificates
 from tests.harness.waiting import free_port, wait_for
@@ -75,21 +73,10 @@ def secured_env(
     }
 
 
-def _app(env: dict[str, str]) -> Celery:
-    options = {
-        key.removeprefix("CASCADE_TEST_MQTT_").lower(): value
-        for key, value in env.items()
-        if key.startswith("CASCADE_TEST_MQTT_")
-    }
-    return make_app(env["CASCADE_TEST_BROKER"], env["CASCADE_TEST_REDIS"],
-                    env["CASCADE_TEST_PREFIX"], mqtt_url=env["CASCADE_TEST_MQTT"],
-                    mqtt_options=options)  # fmt: skip
-
-
 def test_constraints_flow_over_an_authenticated_connection(
     secured_env: dict[str, str], start_worker: StartWorker
 ) -> None:
-    app = _app(secured_env)
+    app = app_from_env(secured_env)
     cascade = Cascade.for_app(app)
     start_worker(pool="threads", concurrency=2, **secured_env)
 
@@ -107,7 +94,7 @@ def test_a_wrong_password_is_refused_clearly(
 ) -> None:
     url = f"mqtt://{USER}:Wr0ngPw@127.0.0.1:{secured.password_port}"
     env = {**worker_env, "CASCADE_TEST_MQTT": url}
-    app = _app(env)
+    app = app_from_env(env)
 
     with pytest.raises(ControlPlaneUnavailable, match="refused the connection"):
         Cascade.for_app(app).pause("task:gated.work")

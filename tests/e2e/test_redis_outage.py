@@ -12,6 +12,9 @@ from tests.e2e.timeline import peak_concurrency, runs
 from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_for
 
+#: Cascade's Redis persists (AOF) here: its constraints and parked tasks survive.
+pytestmark = pytest.mark.redis_aof
+
 
 def test_tasks_arriving_while_redis_is_down_run_gated_once_it_is_back(
     gated_app: Celery,
@@ -69,9 +72,3 @@ def test_parked_tasks_and_a_held_slot_survive_a_redis_crash_with_aof(
     assert all_runs[0].label == "holder"
     assert sorted(str(run.label) for run in all_runs[1:]) == ["0", "1", "2"]
     assert peak_concurrency(all_runs) == 1
-
-
-@pytest.fixture
-def redis_server(redis_server_aof: RedisServer) -> RedisServer:
-    """Cascade's Redis persists (AOF) here: its constraints and parked tasks survive."""
-    return redis_server_aof

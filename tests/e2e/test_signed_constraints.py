@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 from celery import Celery
@@ -12,7 +11,6 @@ from celery import Celery
 from cascade_celery import DEFERRED, Cascade
 from cascade_celery.mqtt.protocol import topic_for
 from cascade_celery.mqtt.signing import Signer, canonical
-from tests.apps.gated_app import make_app
 from tests.e2e.conftest import StartWorker
 from tests.e2e.test_mqtt_control import publish
 from tests.harness.mosquitto import MosquittoServer
@@ -21,21 +19,14 @@ from tests.harness.waiting import wait_for
 SECRET = "a shared secret for the tests"  # noqa: S105
 
 
-@pytest.fixture
-def worker_env(worker_env: dict[str, str], mosquitto_server: MosquittoServer) -> dict[str, str]:
-    """Workers take signed constraints from MQTT."""
-    return {**worker_env, "CASCADE_TEST_MQTT": mosquitto_server.url,
-            "CASCADE_TEST_MQTT_SECRET": SECRET}  # fmt: skip
+#: Workers take their constraints from MQTT.
+pytestmark = pytest.mark.mqtt
 
 
 @pytest.fixture
-def gated_app(worker_env: dict[str, str]) -> Iterator[Celery]:
-    """The test app, signing what it publishes."""
-    app = make_app(worker_env["CASCADE_TEST_BROKER"], worker_env["CASCADE_TEST_REDIS"],
-                   worker_env["CASCADE_TEST_PREFIX"], mqtt_url=worker_env["CASCADE_TEST_MQTT"],
-                   mqtt_options={"secret": SECRET})  # fmt: skip
-    yield app
-    Cascade.for_app(app).close()
+def worker_env(worker_env: dict[str, str]) -> dict[str, str]:
+    """Workers (and the test app) sign and check constraints with the shared secret."""
+    return {**worker_env, "CASCADE_TEST_MQTT_SECRET": SECRET}
 
 
 def rejected(log: str, topic: str, reason: str) -> bool:

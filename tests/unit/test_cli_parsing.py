@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cascade_celery.cli import MAX_DURATION_SECONDS, format_duration, format_time, parse_duration
+from cascade_celery.cli.options import MAX_DURATION_SECONDS, parse_duration
+from cascade_celery.cli.render import format_duration, format_time
 
 
 @pytest.mark.parametrize(

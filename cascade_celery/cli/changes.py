@@ -1,0 +1,176 @@
+"""The commands that change constraints: pause, resume, limit, unlimit, rate, unrate."""
+
+from __future__ import annotations
+
+import click
+from celery.bin.base import CeleryCommand
+
+from cascade_celery.cascade import default_id
+from cascade_celery.cli.context import cascade_of, confirm, reporting_errors
+from cascade_celery.cli.options import (
+    SCOPE_HELP,
+    for_option,
+    id_option,
+    limit_argument,
+    scope_argument,
+    wait_option,
+)
+from cascade_celery.cli.render import format_duration, format_time
+from cascade_celery.constraints.model import Constraint, Scope
+
+
+def _lasting(constraint: Constraint, seconds: float | None) -> tuple[str, str]:
+    """(`` for 10m``, ``, until …Z``) for a constraint that expires, else ("", "")."""
+    if seconds is None or constraint.expires_at is None:
+        return "", ""
+    return f" for {format_duration(seconds)}", f", until {format_time(constraint.expires_at)}"
+
+
+def _remove(ctx: click.Context, type_: str, scope: Scope, cid: str) -> bool:
+    """Remove constraint ``cid``, a ``type_`` on ``scope``; refuse to remove another kind."""
+    api = cascade_of(ctx)
+    with reporting_errors(ctx):
+        current = next((c for c in api.constraints() if c.id == cid), None)
+        if current is not None and (current.type, current.scope) != (type_, scope):
+            raise click.UsageError(
+                f"constraint {cid} is a {current.type} on {current.scope}, "
+                f"not a {type_} on {scope}; nothing was changed",
+                ctx,
+            )
+        return api.remove_constraint(cid)
+
+
+def _await(ctx: click.Context, cid: str, constraint: Constraint | None, wait: float | None) -> None:
+    """With ``--wait``: return once every worker process enforces the change, else fail."""
+    if wait is None:
+        return
+    try:
+        with reporting_errors(ctx):
+            cascade_of(ctx).wait_until_applied(cid, constraint, timeout=wait)
+    except click.ClickException as exc:
+        raise click.ClickException(f"the change was made but is not confirmed: {exc}") from exc
+    confirm(ctx, "in force at every worker process")
+
+
+@click.command(cls=CeleryCommand, epilog=SCOPE_HELP)
+@scope_argument
+@for_option("End the pause after DURATION (30s, 10m, 2h, 1h30m, 1d or seconds).")
+@id_option("Constraint id (default: pause-<scope>).")
+@wait_option
+@click.pass_context
+def pause(
+    ctx: click.Context,
+    scope: Scope,
+    duration: float | None,
+    constraint_id: str | None,
+    wait: float | None,
+) -> None:
+    """Hold the tasks of SCOPE (they park; none is lost) until resumed or for a while."""
+    with reporting_errors(ctx):
+        constraint = cascade_of(ctx).pause(
+            str(scope), seconds=duration, constraint_id=constraint_id
+        )
+    span, until = _lasting(constraint, duration)
+    confirm(ctx, f"paused {scope}{span or ' until resumed'} (id {constraint.id}{until})")
+    _await(ctx, constraint.id, constraint, wait)
+
+
+@click.command(cls=CeleryCommand, epilog=SCOPE_HELP)
+@scope_argument
+@id_option("Id of the pause to end (default: pause-<scope>).")
+@wait_option
+@click.pass_context
+def resume(ctx: click.Context, scope: Scope, constraint_id: str | None, wait: float | None) -> None:
+    """End the pause of SCOPE: its parked tasks start again, in arrival order."""
+    cid = constraint_id or default_id("pause", str(scope))
+    removed = _remove(ctx, "pause", scope, cid)
+    confirm(ctx, f"resumed {scope} (id {cid}{'' if removed else '; it was not paused'})")
+    _await(ctx, cid, None, wait)
+
+
+# Negative numbers must reach the limit check (for its message) instead of reading as options.
+@click.command(
+    cls=CeleryCommand, epilog=SCOPE_HELP, context_settings={"ignore_unknown_options": True}
+)
+@scope_argument
+@limit_argument
+@for_option("Lift the limit after DURATION (30s, 10m, 2h, 1h30m, 1d or seconds).")
+@id_option("Constraint id (default: concurrency-<scope>).")
+@wait_option
+@click.pass_context
+def limit(
+    ctx: click.Context,
+    scope: Scope,
+    n: int,
+    duration: float | None,
+    constraint_id: str | None,
+    wait: float | None,
+) -> None:
+    """Let at most N tasks of SCOPE run at once, across all workers (0 holds them all)."""
+    with reporting_errors(ctx):
+        constraint = cascade_of(ctx).limit(
+            str(scope), n, seconds=duration, constraint_id=constraint_id
+        )
+    span, until = _lasting(constraint, duration)
+    confirm(ctx, f"limited {scope} to {n} at once{span} (id {constraint.id}{until})")
+    _await(ctx, constraint.id, constraint, wait)
+
+
+@click.command(cls=CeleryCommand, epilog=SCOPE_HELP)
+@scope_argument
+@id_option("Id of the limit to lift (default: concurrency-<scope>).")
+@wait_option
+@click.pass_context
+def unlimit(
+    ctx: click.Context, scope: Scope, constraint_id: str | None, wait: float | None
+) -> None:
+    """Lift the concurrency limit of SCOPE."""
+    cid = constraint_id or default_id("concurrency", str(scope))
+    removed = _remove(ctx, "concurrency", scope, cid)
+    confirm(ctx, f"unlimited {scope} (id {cid}{'' if removed else '; it was not limited'})")
+    _await(ctx, cid, None, wait)
+
+
+_RATE_HELP = "RATE is N/PERIOD, PERIOD s, m, h or d with an optional count: 10/s, 300/m, 500/15m."
+
+
+@click.command(cls=CeleryCommand, epilog=f"{_RATE_HELP} {SCOPE_HELP}")
+@scope_argument
+@click.argument("rates", metavar="RATE...", nargs=-1, required=True)
+@for_option("Lift the rate limit after DURATION (30s, 10m, 2h, 1h30m, 1d or seconds).")
+@id_option("Constraint id (default: rate_limit-<scope>).")
+@wait_option
+@click.pass_context
+def rate(
+    ctx: click.Context,
+    scope: Scope,
+    rates: tuple[str, ...],
+    duration: float | None,
+    constraint_id: str | None,
+    wait: float | None,
+) -> None:
+    """Admit tasks of SCOPE at no more than RATE, across all workers (several: all hold)."""
+    with reporting_errors(ctx):
+        # Cascade.rate arrives with the rate_limit constraint type; then drop the ignore.
+        constraint: Constraint = cascade_of(ctx).rate(  # type: ignore[attr-defined,unused-ignore]
+            str(scope),
+            rates[0] if len(rates) == 1 else list(rates),
+            seconds=duration,
+            constraint_id=constraint_id,
+        )
+    span, until = _lasting(constraint, duration)
+    confirm(ctx, f"rate-limited {scope} to {' and '.join(rates)}{span} (id {constraint.id}{until})")
+    _await(ctx, constraint.id, constraint, wait)
+
+
+@click.command(cls=CeleryCommand, epilog=SCOPE_HELP)
+@scope_argument
+@id_option("Id of the rate limit to lift (default: rate_limit-<scope>).")
+@wait_option
+@click.pass_context
+def unrate(ctx: click.Context, scope: Scope, constraint_id: str | None, wait: float | None) -> None:
+    """Lift the rate limit of SCOPE."""
+    cid = constraint_id or default_id("rate_limit", str(scope))
+    removed = _remove(ctx, "rate_limit", scope, cid)
+    confirm(ctx, f"unrated {scope} (id {cid}{'' if removed else '; it was not rate-limited'})")
+    _await(ctx, cid, None, wait)
