@@ -152,7 +152,7 @@ def rate(
     """Admit tasks of SCOPE at no more than RATE, across all workers (several: all hold)."""
     with reporting_errors(ctx):
         # Cascade.rate arrives with the rate_limit constraint type; then drop the ignore.
-        constraint: Constraint = cascade_of(ctx).rate(  # type: ignore[attr-defined,unused-ignore]
+        constraint: Constraint = cascade_of(ctx).rate(
             str(scope),
             rates[0] if len(rates) == 1 else list(rates),
             seconds=duration,

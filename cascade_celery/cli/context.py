@@ -11,7 +11,7 @@ import redis
 from cascade_celery.cascade import Cascade
 from cascade_celery.config import redact_url
 from cascade_celery.errors import CascadeError, InvalidConstraint, PoolUnavailable
-from cascade_celery.runtime import REDIS_DOWN
+from cascade_celery.errors import REDIS_DOWN
 
 
 def cascade_of(ctx: click.Context) -> Cascade:
