@@ -10,8 +10,7 @@ import redis
 
 from cascade_celery.cascade import Cascade
 from cascade_celery.config import redact_url
-from cascade_celery.errors import CascadeError, InvalidConstraint, PoolUnavailable
-from cascade_celery.errors import REDIS_DOWN
+from cascade_celery.errors import REDIS_DOWN, CascadeError, InvalidConstraint, PoolUnavailable
 
 
 def cascade_of(ctx: click.Context) -> Cascade:
