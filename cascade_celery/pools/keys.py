@@ -15,6 +15,8 @@ Per app::
     <p>:pools                    SET     every pool name ever used (for sweeps and status)
     <p>:pools:contended          pub/sub channel: a pool's line got its first waiter
                                          (message: the pool's name, escaped as in its keys)
+    <p>:pools:due                pub/sub channel: a rate pool's next due time changed
+                                         (message: "<due ms> <name escaped as in its keys>")
     <p>:defaults                 HASH    pool -> capacity declared in code (task options)
     <p>:handoff:direct           STRING  the broker's DB the scripts push hand-offs into,
                                          while processes report it (pools/direct.py)
@@ -36,6 +38,8 @@ from __future__ import annotations
 import functools
 import re
 from typing import NamedTuple
+
+from cascade_celery.text import text
 
 POOL_KEY_COUNT = 7
 
@@ -84,7 +88,18 @@ def contended_channel(prefix: str) -> str:
 
 def contended_pool(message: bytes | str) -> str:
     """The pool named by a message on :func:`contended_channel`."""
-    return _unescape(message.decode() if isinstance(message, bytes) else message)
+    return _unescape(text(message))
+
+
+def due_channel(prefix: str) -> str:
+    """The pub/sub channel on which a rate pool announces its next due time (Lua)."""
+    return f"{prefix}:pools:due"
+
+
+def due_of(message: bytes | str) -> tuple[str, int]:
+    """(pool, due ms on Redis's clock) from a message on :func:`due_channel`."""
+    due, _, escaped = text(message).partition(" ")
+    return _unescape(escaped), int(due)
 
 
 def handoff_direct(prefix: str) -> str:

@@ -3,18 +3,38 @@
 A thin layer over the Lua scripts: it maps pool names to keys, remembers which pools
 it has registered, and returns the hand-offs each call made so that the caller (who
 knows how to publish a Celery message) can publish and then ``confirm`` them.
+
+Rate pools (``constraints/rate.py``) hold every admission for exactly their window and
+free room only as entries expire: a call that leaves tasks waiting in one reports the
+pool's next due time (ms on Redis's clock), when a :meth:`ResourceManager.sweep` will
+hand off. Results carry those dues, and ``on_due`` hears each of them too.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
 
+from cascade_celery.constraints.rate import window_of_pool
 from cascade_celery.pools.keys import pool_keys, pool_registry
-from cascade_celery.pools.scripts import Handoff, Outcome, Scripts
+from cascade_celery.pools.scripts import AcquireStatus, Handoff, Outcome, ParkStatus, Scripts
+from cascade_celery.text import text
+
+#: A pool's next due time: (pool, ms on Redis's clock).
+Due = tuple[str, int]
+
+
+def lease_member(task_id: str) -> str:
+    """A new lease's member in the pools' holders: ``t:<task id>:<token>``."""
+    return f"t:{task_id}:{uuid.uuid4().hex[:12]}"
+
+
+def is_rate_pool(name: str) -> bool:
+    """Whether ``name`` is a rate window's pool (its holders expire, never released)."""
+    return window_of_pool(name) is not None
 
 
 @dataclass(frozen=True)
@@ -47,12 +67,23 @@ class PoolHandoff:
 @dataclass(frozen=True)
 class AcquireResult:
     """``lease`` when every pool was acquired, else the pool that blocked the task
-    (``parked``: and the task was parked there)."""
+    (``parked``: and the task was parked there); ``dues``: see the module docstring."""
 
     lease: Lease | None
     blocked_pool: str | None
     handoffs: tuple[PoolHandoff, ...]
     parked: bool = False
+    dues: tuple[Due, ...] = ()
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A pool swept: tasks still waiting, units held, hand-offs made, its next due."""
+
+    waiting: int
+    used: int
+    handoffs: tuple[PoolHandoff, ...]
+    dues: tuple[Due, ...] = ()
 
 
 class ResourceManager:
@@ -65,11 +96,14 @@ class ResourceManager:
         prefix: str,
         lease_seconds: float,
         max_handoffs: int = 500,
+        on_due: Callable[[str, int], None] | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.lease_seconds = lease_seconds
         self.max_handoffs = max_handoffs
+        #: Called with (pool, due ms) for every due any call returns.
+        self.on_due = on_due
         self._scripts = Scripts(client)
         self._registered: set[str] = set()
 
@@ -92,7 +126,7 @@ class ResourceManager:
         """
         names = [name for name, _ in pools]
         self._register(names)
-        member = f"t:{task_id}:{uuid.uuid4().hex[:12]}"
+        member = lease_member(task_id)
         stale = [] if handed_off_from in (None, *names) else [str(handed_off_from)]
         released = [name for lease in releasing for name, _ in lease.pools]
         outcome = self._scripts.acquire(
@@ -109,11 +143,14 @@ class ResourceManager:
                 for lease in releasing
             ],
         )
-        handoffs = self._resolve([*names, *stale, *released], outcome)
-        if outcome.status == 1:
+        touched = [*names, *stale, *released]
+        handoffs, dues = self._resolve(touched, outcome), self._dues(touched, outcome)
+        status = AcquireStatus(outcome.status)
+        if status is AcquireStatus.ACQUIRED:
             lease = Lease(task_id, member, tuple(pools), contended=outcome.detail == 1)
-            return AcquireResult(lease, None, handoffs)
-        return AcquireResult(None, names[outcome.detail - 1], handoffs, outcome.status == 2)
+            return AcquireResult(lease, None, handoffs, dues=dues)
+        blocked = names[outcome.detail - 1]
+        return AcquireResult(None, blocked, handoffs, status is AcquireStatus.PARKED, dues)
 
     def park(
         self, task_id: str, pool: str, units: int, capacity: int | None, payload: bytes
@@ -129,10 +166,15 @@ class ResourceManager:
             lease_seconds=self.lease_seconds,
             max_handoffs=self.max_handoffs,
         )
-        return outcome.status == 1, self._resolve([pool], outcome)
+        self._dues([pool], outcome)
+        return ParkStatus(outcome.status) is ParkStatus.PARKED, self._resolve([pool], outcome)
 
     def release(self, lease: Lease) -> tuple[PoolHandoff, ...]:
-        """Give the lease's units back; waiters that now fit are handed off."""
+        """Give the lease's units back; waiters that now fit are handed off.
+
+        A rate pool keeps its admission until the window has passed (the module's
+        docstring); an unclaimed reservation there becomes the lease, counted from now.
+        """
         names = [name for name, _ in lease.pools]
         outcome = self._scripts.release(
             [pool_keys(self.prefix, name) for name in names],
@@ -141,6 +183,7 @@ class ResourceManager:
             max_handoffs=self.max_handoffs,
             unclaimed=lease.task_id if lease.unclaimed else None,
         )
+        self._dues(names, outcome)
         return self._resolve(names, outcome)
 
     def claim(self, lease: Lease) -> bool:
@@ -151,7 +194,10 @@ class ResourceManager:
         )
 
     def renew(self, lease: Lease) -> list[str]:
-        """Extend the lease by ``lease_seconds``; return the pools where it was already lost."""
+        """Extend the lease by ``lease_seconds``; return the pools where it was already lost.
+
+        A rate pool's lease is left as it is and never reported lost.
+        """
         names = [name for name, _ in lease.pools]
         lost = self._scripts.renew(
             [pool_keys(self.prefix, name).holders for name in names],
@@ -164,6 +210,12 @@ class ResourceManager:
         self, pool: str, capacity: int | None
     ) -> tuple[int, tuple[PoolHandoff, ...]]:
         """Set (None: lift) a pool's capacity and sweep it; return (still waiting, hand-offs)."""
+        swept = self.sweep(pool, capacity)
+        return swept.waiting, swept.handoffs
+
+    def sweep(self, pool: str, capacity: int | None) -> Sweep:
+        """Set (None: lift) a pool's capacity, reap expired holders and hand off waiters
+        that fit; what a timer runs at a rate pool's due time."""
         self._register([pool])
         outcome = self._scripts.set_capacity(
             pool_keys(self.prefix, pool),
@@ -171,7 +223,8 @@ class ResourceManager:
             lease_seconds=self.lease_seconds,
             max_handoffs=self.max_handoffs,
         )
-        return outcome.status, self._resolve([pool], outcome)
+        handoffs, dues = self._resolve([pool], outcome), self._dues([pool], outcome)
+        return Sweep(outcome.status, outcome.detail, handoffs, dues)
 
     def confirm(self, handoffs: Sequence[PoolHandoff]) -> None:
         """Forget the payloads of hand-offs that were published (unless parked again since)."""
@@ -182,10 +235,7 @@ class ResourceManager:
 
     def known_pools(self) -> set[str]:
         """Every pool name registered under this prefix."""
-        return {
-            name.decode() if isinstance(name, bytes) else str(name)
-            for name in self.client.smembers(pool_registry(self.prefix))
-        }
+        return {text(name) for name in self.client.smembers(pool_registry(self.prefix))}
 
     def _register(self, names: Sequence[str]) -> None:
         new = [name for name in names if name not in self._registered]
@@ -196,6 +246,13 @@ class ResourceManager:
     @staticmethod
     def _resolve(names: Sequence[str], outcome: Outcome) -> tuple[PoolHandoff, ...]:
         return tuple(_named(names, handoff) for handoff in outcome.handoffs)
+
+    def _dues(self, names: Sequence[str], outcome: Outcome) -> tuple[Due, ...]:
+        dues = tuple((names[index], due) for index, due in outcome.dues)
+        if self.on_due is not None:
+            for pool, due in dues:
+                self.on_due(pool, due)
+        return dues
 
 
 def _named(names: Sequence[str], handoff: Handoff) -> PoolHandoff:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from importlib.resources import files
 from typing import Any
 
 import redis
 
 from cascade_celery.pools.keys import POOL_KEY_COUNT, PoolKeys
+from cascade_celery.text import text
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_/]+)"$', re.MULTILINE)
 _LUA = files("cascade_celery.pools").joinpath("lua")
@@ -40,13 +42,30 @@ class Handoff:
     payload: bytes
 
 
+class AcquireStatus(IntEnum):
+    """``acquire.lua``'s status."""
+
+    BLOCKED = 0
+    ACQUIRED = 1
+    PARKED = 2
+
+
+class ParkStatus(IntEnum):
+    """``park.lua``'s status."""
+
+    HAS_ROOM = 0
+    PARKED = 1
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """A script's status pair plus the hand-offs it made."""
+    """A script's status pair plus the hand-offs it made, and the next due time (ms,
+    Redis clock) of each rate pool with waiters it touched, as (pool index, due)."""
 
     status: int
     detail: int
     handoffs: tuple[Handoff, ...]
+    dues: tuple[tuple[int, int], ...] = ()
 
 
 def _ms(seconds: float) -> int:
@@ -58,16 +77,17 @@ def _capacity_arg(capacity: int | None) -> int:
 
 
 def _outcome(reply: Any) -> Outcome:
+    """``{status, detail, dues, handoffs...}``: dues as flat (index, due) pairs."""
     items = list(reply)
+    due_items = list(items[2]) if len(items) > 2 else []
     handoffs = tuple(
-        Handoff(int(items[i]) - 1, _text(items[i + 1]), _bytes(items[i + 2]))
-        for i in range(2, len(items), 3)
+        Handoff(int(items[i]) - 1, text(items[i + 1]), _bytes(items[i + 2]))
+        for i in range(3, len(items), 3)
     )
-    return Outcome(int(items[0]), int(items[1]), handoffs)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    dues = tuple(
+        (int(due_items[i]) - 1, int(due_items[i + 1])) for i in range(0, len(due_items), 2)
+    )
+    return Outcome(int(items[0]), int(items[1]), handoffs, dues)
 
 
 def _bytes(value: Any) -> bytes:
@@ -99,8 +119,8 @@ class Scripts:
         park_with: bytes | None = None,
         release_leases: Sequence[tuple[str, Sequence[PoolKeys]]] = (),
     ) -> Outcome:
-        """All-or-none acquire; status 1 acquired (detail 1: a pool is contended), else
-        detail is the blocking pool (1-based), where status 2 says it was parked.
+        """All-or-none acquire; status ACQUIRED (detail 1: a pool is contended), else
+        detail is the blocking pool (1-based), where status PARKED says it was parked.
 
         ``release_reservations_in``: pools the task was handed off from but no longer
         needs; its reservations there go to the next waiter. ``park_with``: the task's
@@ -144,7 +164,7 @@ class Scripts:
         lease_seconds: float,
         max_handoffs: int,
     ) -> Outcome:
-        """Park at the back of the line; status 0 means there is room now: acquire again."""
+        """Park at the back of the line; status HAS_ROOM: acquire again."""
         args: list[Any] = [
             task_id,
             units,

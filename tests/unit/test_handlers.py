@@ -23,8 +23,10 @@ def constraint(type_: str, scope: str, params: dict[str, Any] | None = None) -> 
     return Constraint(id="c1", type=type_, scope=Scope.parse(scope), params=params or {})
 
 
-def test_default_handlers_are_pause_and_concurrency() -> None:
-    assert sorted(handler.type for handler in default_handlers()) == ["concurrency", "pause"]
+def test_default_handlers_are_pause_concurrency_and_rate_limit() -> None:
+    types = sorted(handler.type for handler in default_handlers())
+
+    assert types == ["concurrency", "pause", "rate_limit"]
 
 
 def test_base_handler_hooks_are_permissive_no_ops() -> None:

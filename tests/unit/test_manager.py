@@ -86,15 +86,17 @@ def test_two_handlers_for_one_type_are_a_configuration_error() -> None:
 
 
 def test_types_lists_the_registered_handlers(manager: ConstraintManager) -> None:
-    assert manager.types == {"pause", "concurrency"}
+    assert manager.types == {"pause", "concurrency", "rate_limit"}
 
 
 def test_validate_rejects_an_unknown_type_and_lists_the_known_ones(
     manager: ConstraintManager,
 ) -> None:
-    unknown = Constraint(id="r", type="rate_limit", scope=Scope("global"), params={"rate": "1/s"})
+    unknown = Constraint(id="r", type="quota", scope=Scope("global"), params={"max": 1})
 
-    with pytest.raises(InvalidConstraint, match=r"unknown type 'rate_limit'.*concurrency, pause"):
+    with pytest.raises(
+        InvalidConstraint, match=r"unknown type 'quota'.*concurrency, pause, rate_limit"
+    ):
         manager.validate(unknown)
 
 

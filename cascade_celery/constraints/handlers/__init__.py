@@ -3,10 +3,17 @@
 from cascade_celery.constraints.handlers.base import ConstraintHandler
 from cascade_celery.constraints.handlers.concurrency import ConcurrencyHandler
 from cascade_celery.constraints.handlers.pause import PauseHandler
+from cascade_celery.constraints.handlers.rate_limit import RateLimitHandler
 
-__all__ = ["ConcurrencyHandler", "ConstraintHandler", "PauseHandler", "default_handlers"]
+__all__ = [
+    "ConcurrencyHandler",
+    "ConstraintHandler",
+    "PauseHandler",
+    "RateLimitHandler",
+    "default_handlers",
+]
 
 
 def default_handlers() -> list[ConstraintHandler]:
-    """The handlers every runtime registers: ``pause`` and ``concurrency``."""
-    return [PauseHandler(), ConcurrencyHandler()]
+    """The handlers every runtime registers: ``pause``, ``concurrency``, ``rate_limit``."""
+    return [PauseHandler(), ConcurrencyHandler(), RateLimitHandler()]

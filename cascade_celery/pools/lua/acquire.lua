@@ -38,13 +38,18 @@
     ARGV[r + 1 + 2*(j-1)]   how many pools released lease j is in
     ARGV[r + 2*released]    optional: payload to park with when blocked
 
+  A rate pool's lease expires one window after now (includes/pool.lua), also when it
+  takes over a reservation: the admission is counted from the task's arrival.
+
   Output:
-    {1, c, handoffs...}        acquired every pool; c = 1 when one of them is contended
+    {1, c, dues, handoffs...}  acquired every pool; c = 1 when one of them is contended
                                (full now, or tasks wait in it), else 0
-    {0, i, handoffs...}        blocked at pool i; the caller parks the task there
-    {2, i, handoffs...}        blocked at pool i, and parked there with the payload
+    {0, i, dues, handoffs...}  blocked at pool i; the caller parks the task there
+    {2, i, dues, handoffs...}  blocked at pool i, and parked there with the payload
     handoffs: (pool index, task id, payload) triples to publish, then confirm; the
     index counts every pool in KEYS
+    dues: (pool index, due ms) pairs, one per rate pool with waiters (see
+    includes/pool.lua)
 ]]
 --- @include "includes/pool"
 
@@ -58,7 +63,7 @@ local released_count = tonumber(ARGV[7])
 local first_released = 8 + 2 * pool_count
 local reservation = 'r:' .. task_id
 local now = now_ms()
-local out = {0, 0}
+local out = {0, 0, {}}
 
 local function capacity_arg(i) return tonumber(ARGV[8 + 2 * (i - 1)]) end
 local function units_arg(i) return tonumber(ARGV[9 + 2 * (i - 1)]) end
@@ -129,6 +134,7 @@ if blocked > 0 then
   if payload and park_in(pool_keys(blocked), task_id, units_arg(blocked), payload, now) then
     out[1] = 2
   end
+  announce_dues(#KEYS / POOL_KEYS, out[3])
   return out
 end
 
@@ -137,7 +143,7 @@ for i = 1, pool_count do
   local units = units_arg(i)
   local reserved = drop_reservation(k, task_id)
   add_used(k, units - (reserved or 0))
-  redis.call('ZADD', k.holders, now + ttl_ms, lease_member)
+  redis.call('ZADD', k.holders, now + holder_ttl(k, ttl_ms), lease_member)
   redis.call('HSET', k.units, lease_member, units)
   local capacity = capacity_of(k)
   if (capacity ~= nil and used_of(k) >= capacity) or redis.call('ZCARD', k.waiters) > 0 then
@@ -145,4 +151,5 @@ for i = 1, pool_count do
   end
 end
 out[1] = 1
+announce_dues(#KEYS / POOL_KEYS, out[3])
 return out

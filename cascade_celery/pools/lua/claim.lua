@@ -4,9 +4,11 @@
   take it over (it waits like any newcomer), and the task's id is free to park again.
 
   The lease keeps the reservation's expiry and units; the reservation's bookkeeping
-  (arrival position, parking time) goes.
+  (arrival position, parking time) goes. In a rate pool the lease expires one window
+  after now instead (the task started before now, never before its reservation), and
+  the pool's due is announced (includes/pool.lua).
 
-  Clock: none read here (the expiry is kept as it was).
+  Clock: Redis TIME, in a rate pool only.
 
   Input:
     KEYS[1..7]  the pool's keys, as listed in includes/pool.lua
@@ -25,7 +27,8 @@ local k = pool_keys(1)
 
 local expiry = redis.call('ZSCORE', k.holders, 'r:' .. task_id)
 if not expiry then return 0 end
-local units = forget_reservation(k, task_id)
-redis.call('ZADD', k.holders, expiry, lease_member)
-redis.call('HSET', k.units, lease_member, units)
+local window = window_ms(k)
+if window then expiry = now_ms() + window end
+claim_reservation(k, task_id, lease_member, expiry)
+announce_dues(1, {})
 return 1

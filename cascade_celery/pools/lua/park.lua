@@ -17,8 +17,10 @@
     ARGV[6]     most waiters to hand off
 
   Output:
-    {1, 0, handoffs...}   parked (or already waiting)
-    {0, 0, handoffs...}   not parked: the pool has room now, acquire again
+    {1, 0, dues, handoffs...}   parked (or already waiting)
+    {0, 0, dues, handoffs...}   not parked: the pool has room now, acquire again
+    dues: (pool index, due ms) pairs, one per rate pool with waiters (see
+    includes/pool.lua)
 ]]
 --- @include "includes/pool"
 
@@ -29,7 +31,7 @@ local ttl_ms = tonumber(ARGV[5])
 local max_handoffs = tonumber(ARGV[6])
 local k = pool_keys(1)
 local now = now_ms()
-local out = {0, 0}
+local out = {0, 0, {}}
 
 apply_capacity(k, tonumber(ARGV[3]))
 reap(k, now)
@@ -38,4 +40,5 @@ dispatch(k, 1, now, ttl_ms, max_handoffs, out)
 if park_in(k, task_id, units, payload, now) then
   out[1] = 1
 end
+announce_dues(1, out[3])
 return out

@@ -1,7 +1,10 @@
 --[[
   Release a running task's lease in each of its pools and hand the room to waiters.
 
-  Releasing a lease that is gone (it expired and was reaped) changes nothing.
+  Releasing a lease that is gone (it expired and was reaped) changes nothing. A rate
+  pool keeps the lease until its window has passed (the admission happened); an
+  unclaimed reservation there becomes the task's lease, expiring one window after now
+  (its task has started by now, so the log never counts it earlier than it was).
 
   Clock: Redis TIME.
 
@@ -14,7 +17,9 @@
                             on and has not claimed yet (claim.lua): released instead
 
   Output:
-    {released, 0, handoffs...}   released: how many pools still held the lease
+    {released, 0, dues, handoffs...}   released: how many pools still held the lease
+    dues: (pool index, due ms) pairs, one per rate pool with waiters (see
+    includes/pool.lua)
 ]]
 --- @include "includes/pool"
 
@@ -23,12 +28,16 @@ local ttl_ms = tonumber(ARGV[2])
 local max_handoffs = tonumber(ARGV[3])
 local unclaimed = ARGV[4]
 local now = now_ms()
-local out = {0, 0}
+local out = {0, 0, {}}
 
 for i = 1, #KEYS / POOL_KEYS do
   local k = pool_keys(i)
   if release_lease(k, lease_member) then
     out[1] = out[1] + 1
+  elseif unclaimed and window_ms(k) then
+    if claim_reservation(k, unclaimed, lease_member, now + window_ms(k)) then
+      out[1] = out[1] + 1
+    end
   elseif unclaimed then
     local units = forget_reservation(k, unclaimed)
     if units then
@@ -39,4 +48,5 @@ for i = 1, #KEYS / POOL_KEYS do
   reap(k, now)
   dispatch(k, i, now, ttl_ms, max_handoffs, out)
 end
+announce_dues(#KEYS / POOL_KEYS, out[3])
 return out

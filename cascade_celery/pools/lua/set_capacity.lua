@@ -5,6 +5,10 @@
   slots of dead workers and re-queues hand-offs whose publisher died. Lowering the
   capacity is a soft limit: holders keep their units, newcomers wait until used < it.
 
+  It is what a timer runs at a rate pool's due time: atomic, so of several processes
+  firing at once the first hands off exactly the waiters that now fit and the others
+  find nothing more to hand off; each is told the next due.
+
   Clock: Redis TIME.
 
   Input:
@@ -14,7 +18,9 @@
     ARGV[3]     most waiters to hand off
 
   Output:
-    {waiting, used, handoffs...}   waiting: tasks still parked after the hand-offs
+    {waiting, used, dues, handoffs...}   waiting: tasks still parked after the hand-offs
+    dues: (pool index, due ms) pairs, one per rate pool with waiters (see
+    includes/pool.lua)
 ]]
 --- @include "includes/pool"
 
@@ -22,11 +28,12 @@ local ttl_ms = tonumber(ARGV[2])
 local max_handoffs = tonumber(ARGV[3])
 local k = pool_keys(1)
 local now = now_ms()
-local out = {0, 0}
+local out = {0, 0, {}}
 
 apply_capacity(k, tonumber(ARGV[1]))
 reap(k, now)
 dispatch(k, 1, now, ttl_ms, max_handoffs, out)
 out[1] = redis.call('ZCARD', k.waiters)
 out[2] = used_of(k)
+announce_dues(1, out[3])
 return out

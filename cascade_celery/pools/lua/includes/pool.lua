@@ -28,6 +28,24 @@
   script reserved the slot: the task may start on that reservation without asking again
   (runtime.py), and claims it as its own lease afterwards (claim.lua).
 
+  A rate pool (its name matches "^constraint:rate_limit:.*@<count><unit>$", unit s, m,
+  h or d; constraints/rate.py names them) counts admissions in a sliding window of
+  that length: every holder it gets (a lease, a reservation) expires exactly one window
+  after it was made, and is never released or renewed; a reservation taken over by
+  its task expires one window after the task's arrival (the log records actual starts,
+  never earlier than they were). The units hash's field "due" is the rate pool's next
+  due time last announced: while tasks wait in it, every script that touches it returns
+  (pool index, due) with due = its earliest holder's expiry, and announces that on
+  "<prefix>:pools:due" as "<due ms> <name as escaped in its keys>" when it changed
+  since the last announcement, so a timer sweeps it then (set_capacity.lua) instead of
+  anyone polling. With no waiters the field is cleared.
+
+  Keys: a script touches only the keys passed in KEYS, with two exceptions, both in
+  push_direct: it reads "<prefix>:handoff:direct" (the prefix taken from the pool's
+  keys), and it SELECTs the broker's DB named in a direct payload to LPUSH the envelope
+  onto the list key named there, then SELECTs back the DB named in the payload as its
+  own. (Pub/sub channels are not keys.)
+
   Clock: every script uses Redis's own TIME, so leases mean the same on every host.
   Invariant: used == sum(units[m] for m in holders), and a task id is in waiters
   at most once.
@@ -77,9 +95,35 @@ local function add_used(k, delta)
   end
 end
 
--- The key prefix and the pool's name as escaped in its keys (pools/keys.py).
+-- The key prefix and the pool's name as escaped in its keys (pools/keys.py), from any
+-- one of the pool's keys.
+local function prefix_and_name_of(key)
+  return string.match(key, '^(.*):{pool:([^{}]*)}:[a-z]+$')
+end
+
 local function prefix_and_name(k)
-  return string.match(k.capacity, '^(.*):{pool:([^{}]*)}:capacity$')
+  return prefix_and_name_of(k.capacity)
+end
+
+local UNIT_MS = {s = 1000, m = 60000, h = 3600000, d = 86400000}
+
+-- A rate pool's window in ms, from any one of its keys; nil for any other pool.
+-- Mirrors window_of_pool in constraints/rate.py.
+local function window_ms_of(key)
+  local _, name = prefix_and_name_of(key)
+  if not name then return nil end
+  local count, unit = string.match(name, '^constraint:rate_limit:.*@([1-9]%d*)([smhd])$')
+  if not count then return nil end
+  return tonumber(count) * UNIT_MS[unit]
+end
+
+local function window_ms(k)
+  return window_ms_of(k.capacity)
+end
+
+-- How long a holder made now lasts: a rate pool's window, else the lease ttl.
+local function holder_ttl(k, ttl_ms)
+  return window_ms(k) or ttl_ms
 end
 
 -- Put a task in line; the first waiter announces that the pool has a line now.
@@ -145,8 +189,10 @@ local function push_direct(k, payload, now, capacity, units)
   return true
 end
 
--- Give back a running task's lease; true if the pool still held it (not reaped).
+-- Give back a running task's lease; true if the pool still held it (not reaped). A
+-- rate pool keeps it: the admission stays counted until its window has passed.
 local function release_lease(k, member)
+  if window_ms(k) then return redis.call('ZSCORE', k.holders, member) ~= false end
   if redis.call('ZREM', k.holders, member) == 0 then return false end
   add_used(k, -tonumber(redis.call('HGET', k.units, member) or '0'))
   redis.call('HDEL', k.units, member)
@@ -185,6 +231,16 @@ local function forget_reservation(k, task_id)
   return units
 end
 
+-- Make task_id's reservation its lease `member`, expiring at `expiry` (ms); false if
+-- it is gone (reaped).
+local function claim_reservation(k, task_id, member, expiry)
+  local units = forget_reservation(k, task_id)
+  if not units then return false end
+  redis.call('ZADD', k.holders, expiry, member)
+  redis.call('HSET', k.units, member, units)
+  return true
+end
+
 -- Forget a reservation (taken over by its task, or given back); returns its units.
 -- Its task has arrived, so the hand-off was published: its payload goes too, even if
 -- the publisher never confirmed it (it died, or Redis was down at that moment).
@@ -195,11 +251,12 @@ local function drop_reservation(k, task_id)
 end
 
 -- Hand free room to waiters in arrival order, at most `max` of them. Each gets a
--- reservation lease of ttl_ms and is appended to `out` as (pool index, task id,
--- payload): for the caller to publish, then confirm; or pushed here (direct format),
--- its payload forgotten, and appended with an empty payload.
+-- reservation lease of ttl_ms (a rate pool's: its window) and is appended to `out`
+-- as (pool index, task id, payload): for the caller to publish, then confirm; or
+-- pushed here (direct format), its payload forgotten, and appended with an empty payload.
 local function dispatch(k, index, now, ttl_ms, max, out)
   local capacity = capacity_of(k)
+  local expiry = now + holder_ttl(k, ttl_ms)
   local handed = 0
   while handed < max do
     local head = redis.call('ZRANGE', k.waiters, 0, 0)
@@ -216,7 +273,7 @@ local function dispatch(k, index, now, ttl_ms, max, out)
       if capacity ~= nil and used_of(k) + units > capacity then break end
       redis.call('HSET', k.units, 'q:' .. task_id, redis.call('ZSCORE', k.waiters, task_id))
       redis.call('ZREM', k.waiters, task_id)
-      redis.call('ZADD', k.holders, now + ttl_ms, member)
+      redis.call('ZADD', k.holders, expiry, member)
       add_used(k, units)
       if push_direct(k, payload, now, capacity, units) then
         redis.call('HDEL', k.parked, task_id)
@@ -247,4 +304,38 @@ local function park_in(k, task_id, units, payload, now)
   redis.call('HSET', k.parked, task_id, payload)
   redis.call('HSET', k.units, 'r:' .. task_id, units, 'a:' .. task_id, now)
   return true
+end
+
+-- A rate pool's next due, if tasks wait in it: appended to `dues` as (pool index, due
+-- ms), and announced if it changed since the last announcement (see the header).
+local function announce_due(k, index, dues)
+  if not window_ms(k) then return end
+  local due = nil
+  if redis.call('ZCARD', k.waiters) > 0 then
+    local first = redis.call('ZRANGE', k.holders, 0, 0, 'WITHSCORES')
+    if #first > 0 then due = string.format('%d', tonumber(first[2])) end
+  end
+  if not due then
+    redis.call('HDEL', k.units, 'due')
+    return
+  end
+  dues[#dues + 1] = index
+  dues[#dues + 1] = tonumber(due)
+  if redis.call('HGET', k.units, 'due') ~= due then
+    redis.call('HSET', k.units, 'due', due)
+    local prefix, name = prefix_and_name(k)
+    if prefix then redis.call('PUBLISH', prefix .. ':pools:due', due .. ' ' .. name) end
+  end
+end
+
+-- announce_due for the first `count` pools in KEYS, each pool once (by its first index).
+local function announce_dues(count, dues)
+  local seen = {}
+  for i = 1, count do
+    local k = pool_keys(i)
+    if not seen[k.capacity] then
+      seen[k.capacity] = true
+      announce_due(k, i, dues)
+    end
+  end
 end
