@@ -12,6 +12,7 @@ import click
 
 from cascade_celery.cli.changes import limit, pause, rate, resume, unlimit, unrate
 from cascade_celery.cli.views import constraints, status
+from cascade_celery.cli.why import why
 
 __all__ = ["cascade"]
 
@@ -25,5 +26,5 @@ def cascade() -> None:
     """
 
 
-for _command in (pause, resume, limit, unlimit, rate, unrate, constraints, status):
+for _command in (pause, resume, limit, unlimit, rate, unrate, constraints, status, why):
     cascade.add_command(_command)
