@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from cascade_celery.cli.changes import limit, pause, rate, resume, unlimit, unrate
+from cascade_celery.cli.exporter import exporter
 from cascade_celery.cli.views import constraints, status
 from cascade_celery.cli.why import why
 
@@ -26,5 +27,5 @@ def cascade() -> None:
     """
 
 
-for _command in (pause, resume, limit, unlimit, rate, unrate, constraints, status, why):
+for _command in (pause, resume, limit, unlimit, rate, unrate, constraints, status, why, exporter):
     cascade.add_command(_command)
