@@ -109,13 +109,15 @@ class Why:
 
     @property
     def verdict(self) -> str:
-        """``parked``, ``reserved`` (handed off, not started), ``running`` or ``unknown``."""
+        """``parked``; ``running`` (a lease), ``reserved`` (handed off, not started) or
+        ``admitted`` (only rate admissions: it may have finished); else ``unknown``."""
         if self.parked_in:
             return "parked"
         kinds = {pool.held.kind for pool in self.holding if pool.held is not None}
-        if kinds == {"reserved"}:
-            return "reserved"
-        return "running" if kinds else "unknown"
+        for kind in ("running", "reserved", "admitted"):
+            if kind in kinds:
+                return kind
+        return "unknown"
 
 
 def explain(

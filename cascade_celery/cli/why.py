@@ -77,6 +77,7 @@ def why_text(found: Why, now: float) -> str:
         "parked": "parked",
         "reserved": "handed off: a slot is reserved for it, it has not started yet",
         "running": "holds a slot",
+        "admitted": "admitted by a rate limit, counted in its window (it may have finished)",
     }
     if found.verdict == "unknown":
         meaning = _STATE_MEANING.get(found.state or "", "")

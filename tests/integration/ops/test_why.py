@@ -90,7 +90,7 @@ def test_an_unknown_task_is_unknown(api: Cascade, resources: ResourceManager) ->
 
 
 def test_a_rate_pool_says_when_the_next_admission_is_due(
-    api: Cascade, resources: ResourceManager
+    env: dict[str, str], api: Cascade, resources: ResourceManager
 ) -> None:
     api.rate("queue:emails", "2/m")
     pool = "constraint:rate_limit:queue:emails@1m"
@@ -101,12 +101,15 @@ def test_a_rate_pool_says_when_the_next_admission_is_due(
     (view,) = api.why("c").pools
     assert (view.position, view.capacity, view.used, view.is_rate_pool) == (1, 2, 2, True)
     assert [(h.task_id, h.kind) for h in view.holders] == [("a", "admitted"), ("b", "admitted")]
+    text = ok(env, "why", "c")
+    assert "  next admission: in " in text
+    assert "    admitted  a  1 unit, admitted " in text
     assert all(h.age_seconds is not None and h.age_seconds < 60 for h in view.holders)
     assert view.next_due_in_seconds is not None
     assert 0 < view.next_due_in_seconds <= 60
     assert view.announced_due_in_seconds is not None
     assert abs(view.announced_due_in_seconds - view.next_due_in_seconds) < 1
-    assert api.why("a").verdict == "running"  # an admission the window still counts
+    assert api.why("a").verdict == "admitted"  # the window still counts it
 
 
 def test_cli_why_prints_the_line_and_json(
