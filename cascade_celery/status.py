@@ -1,13 +1,14 @@
 """Read the live state of every pool from Redis (for ``celery cascade status``).
 
 Three round trips, whatever the number of pools: the registry, the code defaults and
-Redis's clock; then each pool's counters and the head of its line; then when that head
-was parked. Waits are measured on Redis's clock, the one the Lua scripts stamp with.
+Redis's clock (the catalog, shared with ``why`` and the exporter); then each pool's
+counters and the head of its line; then when that head was parked. Waits are measured
+on Redis's clock, the one the Lua scripts stamp with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -48,10 +49,29 @@ class PoolStatus:
         )
 
 
-def read_status(
+@dataclass(frozen=True, slots=True)
+class PoolCatalog:
+    """Every pool known under a prefix, what sets each one's capacity, and Redis's clock."""
+
+    #: Pools registered, governed by an active constraint or declared in code, by name.
+    names: tuple[str, ...]
+    #: The active constraints setting each pool's capacity, by pool (sorted by id).
+    governed: Mapping[str, tuple[Constraint, ...]]
+    #: Capacities declared in code (task options), by pool.
+    defaults: Mapping[str, int]
+    #: Redis's clock (ms) when the catalog was read: the clock the Lua scripts stamp with.
+    now_ms: int
+    manager: ConstraintManager
+
+    def capacity_of(self, pool: str) -> int | None:
+        """The pool's capacity as a worker computes it (None: unlimited)."""
+        return self.manager.capacity_of(pool)
+
+
+def read_catalog(
     client: redis.Redis, prefix: str, constraints: Sequence[Constraint]
-) -> list[PoolStatus]:
-    """Every pool registered under ``prefix`` or governed by ``constraints``, by name.
+) -> PoolCatalog:
+    """Read the pool registry, the code defaults and Redis's clock (one round trip).
 
     ``constraints`` are the active ones (e.g. ``Cascade.constraints()``); they give each
     pool its capacity the way a worker computes it. Raises redis-py's errors.
@@ -60,22 +80,37 @@ def read_status(
     by_type = {handler.type: handler for handler in handlers}
     manager = ConstraintManager(handlers)
     manager.replace_all(constraints)
-    governed: dict[str, list[str]] = {}
+    governed: dict[str, list[Constraint]] = {}
     for constraint in sorted(constraints, key=lambda c: c.id):
         for pool in by_type[constraint.type].pool_capacities(constraint):
-            governed.setdefault(pool, []).append(constraint.id)
+            governed.setdefault(pool, []).append(constraint)
 
     with client.pipeline(transaction=False) as pipe:
         pipe.smembers(pool_registry(prefix))
         pipe.hgetall(pool_defaults(prefix))
         pipe.time()
         registered, raw_defaults, (seconds, microseconds) = pipe.execute()
-    now_ms = seconds * 1000 + microseconds // 1000
     defaults = {text(pool): int(capacity) for pool, capacity in raw_defaults.items()}
     for pool, capacity in defaults.items():
         manager.set_default_capacity(pool, capacity)
-    names = sorted({*map(text, registered), *governed, *defaults})
+    return PoolCatalog(
+        names=tuple(sorted({*map(text, registered), *governed, *defaults})),
+        governed={pool: tuple(found) for pool, found in governed.items()},
+        defaults=defaults,
+        now_ms=seconds * 1000 + microseconds // 1000,
+        manager=manager,
+    )
 
+
+def read_status(
+    client: redis.Redis, prefix: str, constraints: Sequence[Constraint]
+) -> list[PoolStatus]:
+    """Every pool registered under ``prefix`` or governed by ``constraints``, by name.
+
+    ``constraints`` as for :func:`read_catalog`. Raises redis-py's errors.
+    """
+    catalog = read_catalog(client, prefix, constraints)
+    names = catalog.names
     with client.pipeline(transaction=False) as pipe:
         for name in names:
             keys = pool_keys(prefix, name)
@@ -97,16 +132,16 @@ def read_status(
     return [
         PoolStatus(
             name=name,
-            capacity=manager.capacity_of(name),
+            capacity=catalog.capacity_of(name),
             running=int(used or 0),
             parked=int(parked),
             oldest_wait_seconds=(
                 None
                 if parked_at.get(name) is None
-                else max(0.0, (now_ms - int(parked_at[name])) / 1000)
+                else max(0.0, (catalog.now_ms - int(parked_at[name])) / 1000)
             ),
-            governed_by=tuple(governed.get(name, ())),
-            default_capacity=defaults.get(name),
+            governed_by=tuple(c.id for c in catalog.governed.get(name, ())),
+            default_capacity=catalog.defaults.get(name),
         )
         for name, used, parked in zip(names, counters[0::3], counters[1::3], strict=True)
     ]
