@@ -16,6 +16,7 @@ import redis
 from cascade_celery.constraints.handlers import default_handlers
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import Constraint
+from cascade_celery.constraints.rate import window_of_pool
 from cascade_celery.pools.keys import pool_defaults, pool_keys, pool_registry
 from cascade_celery.text import text
 
@@ -37,6 +38,10 @@ class PoolStatus:
     governed_by: tuple[str, ...] = ()
     #: The capacity declared in code (task options), if any.
     default_capacity: int | None = None
+    #: A rate pool's period (its capacity is admissions per period); None for others.
+    window_seconds: float | None = None
+    #: A rate pool's wait until it admits again (0: it has room now); None for others.
+    next_admission_in_seconds: float | None = None
 
     @property
     def is_idle(self) -> bool:
@@ -124,10 +129,23 @@ def read_status(
         if head  # the first in line has waited longest: a line is FIFO
     }
 
+    windows = {name: window for name in names if (window := window_of_pool(name)) is not None}
     with client.pipeline(transaction=False) as pipe:
         for name, task_id in heads.items():
             pipe.hget(pool_keys(prefix, name).units, f"a:{task_id}")
-        parked_at = dict(zip(heads, pipe.execute(), strict=True))
+        for name in windows:  # the oldest admission in the window expires first
+            pipe.zrange(pool_keys(prefix, name).holders, 0, 0, withscores=True)
+        replies = pipe.execute()
+    parked_at = dict(zip(heads, replies[: len(heads)], strict=True))
+    oldest = dict(zip(windows, replies[len(heads) :], strict=True))
+
+    def next_admission(name: str, used: int) -> float | None:
+        if name not in windows:
+            return None
+        capacity = catalog.capacity_of(name)
+        if capacity is None or (used < capacity and name not in heads) or not oldest[name]:
+            return 0.0
+        return max(0.0, (float(oldest[name][0][1]) - catalog.now_ms) / 1000)
 
     return [
         PoolStatus(
@@ -142,6 +160,8 @@ def read_status(
             ),
             governed_by=tuple(c.id for c in catalog.governed.get(name, ())),
             default_capacity=catalog.defaults.get(name),
+            window_seconds=None if name not in windows else windows[name] / 1000,
+            next_admission_in_seconds=next_admission(name, int(used or 0)),
         )
         for name, used, parked in zip(names, counters[0::3], counters[1::3], strict=True)
     ]

@@ -20,7 +20,7 @@ from celery import Celery
 from celery.backends.base import DisabledBackend
 
 from cascade_celery.constraints.model import Constraint
-from cascade_celery.constraints.rate import window_of_pool
+from cascade_celery.constraints.rate import RATE_GUARD_MS, window_of_pool
 from cascade_celery.pools.keys import pool_keys
 from cascade_celery.status import PoolCatalog, read_catalog
 from cascade_celery.text import text
@@ -255,7 +255,8 @@ class _Holding:
         kind, _, rest = member.partition(":")
         task_id = rest.rpartition(":")[0] if kind == "t" else rest
         if self.window_ms is not None:
-            kind, began = ("reserved" if kind == "r" else "admitted"), score - self.window_ms
+            kind = "reserved" if kind == "r" else "admitted"
+            began = score - self.window_ms - RATE_GUARD_MS
         elif kind == "r":
             kind, began = "reserved", score - self.lease_seconds * 1000
         else:
