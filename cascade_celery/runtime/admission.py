@@ -72,6 +72,24 @@ class Admission:
         self.retry_max_delay = retry_max_delay
         #: Tasks known to need no pool: their executions skip the gate.
         self.free = FreeTasks(manager)
+        #: Admissions in rate pools of executions not started yet, by (task id, thread).
+        self._rated: dict[tuple[str, int], Lease] = {}
+
+    def forget_start(self, task_id: str) -> None:
+        """The execution of ``task_id`` in this thread ended (or never started)."""
+        self._rated.pop((task_id, threading.get_ident()), None)
+
+    def restamp(self, task_id: str) -> None:
+        """The execution of ``task_id`` in this thread starts now: count its rate
+        admissions from now (the gate admitted it moments, or under load tens of ms,
+        ago). Best effort: if Redis is down they count from the gate."""
+        lease = self._rated.pop((task_id, threading.get_ident()), None)
+        if lease is None:
+            return
+        try:
+            self.resources.restamp(lease)
+        except redis.exceptions.RedisError as exc:
+            logger.warning("cascade: could not re-time %s's rate admission (%s)", task_id, exc)
 
     def gate(self, task: Task, request: Any, info: TaskInfo, args: Any, kwargs: Any) -> int | None:
         """Admit an execution of ``task`` (``request``: its Context) or park it.
@@ -164,6 +182,8 @@ class Admission:
         self.handoffs.publish(result.handoffs)
         if result.lease is not None:
             self.contention.note(pools, result.lease.contended, asked, time.monotonic())
+            if any(is_rate_pool(name) for name, _ in result.lease.pools):
+                self._rated[task_id, threading.get_ident()] = result.lease
             lease = releasable(result.lease)
             if lease is not None:
                 held = Held(lease, capacities_of(decision), asked, epoch)
