@@ -22,6 +22,7 @@ from cascade_celery.constraints.manager import ConstraintManager, Decision
 from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.errors import REDIS_DOWN
 from cascade_celery.pools import parking
+from cascade_celery.pools.headers import grant_of, handed_off_from
 from cascade_celery.pools.resources import Lease, ResourceManager, is_rate_pool, lease_member
 from cascade_celery.runtime import probe
 from cascade_celery.runtime.clock import RedisClock
@@ -100,7 +101,7 @@ class Admission:
         """
         task_id = request.id
         key = (task_id, threading.get_ident())
-        reserved_in = parking.handed_off_from(request)
+        reserved_in = handed_off_from(request)
         try:
             self.ensure_ready()
             for _ in range(_ATTEMPTS):
@@ -222,7 +223,7 @@ class Admission:
         trip, while it surely still holds it (:func:`grant_is_good`). The keeper then
         claims the reservation as the task's lease (claim.lua); until it has, a release
         releases the reservation."""
-        grant = parking.grant_of(request)
+        grant = grant_of(request)
         age_ms = None if grant is None else self.clock.age_ms(grant.at_ms)
         if not grant_is_good(grant, age_ms, pool, decision, self.lease_seconds):
             return False
