@@ -18,6 +18,7 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
+from cascade_celery import internals
 from cascade_celery.constraints.manager import ConstraintManager, Decision
 from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.errors import REDIS_DOWN
@@ -170,11 +171,13 @@ class Admission:
         ):
             payload = parking.capture(task, request, args, kwargs, info.queue, self.handoffs.direct)
         ended = self.leases.take_ended()
+        arrived = internals.received_at(request)
         asked, epoch = time.monotonic(), self.sync.epoch
         try:
             result = self.resources.try_acquire(
                 task_id, decision.pools, decision.capacities, handed_off_from=reserved_in,
                 park_with=payload, releasing=[held.lease for held, _ in ended],
+                arrived=arrived,
             )  # fmt: skip
         except BaseException:
             # The keeper retries them (a no-op where done).
@@ -196,7 +199,7 @@ class Admission:
         if payload is None:
             payload = parking.capture(task, request, args, kwargs, info.queue, self.handoffs.direct)
             parked, handoffs = self.resources.park(
-                task_id, pool, pools[pool], decision.capacities[pool], payload
+                task_id, pool, pools[pool], decision.capacities[pool], payload, arrived
             )
             self.handoffs.publish(handoffs)
         return Parked(pool, decision.denied_by is not None) if parked else False
