@@ -15,6 +15,7 @@ from celery import Celery
 
 from cascade_celery.errors import ConfigurationError
 from cascade_celery.mqtt.signing import Signer
+from cascade_celery.redis_client import SCHEMES, check_transport_options, sentinel_part
 
 _PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
 #: A shorter shared secret is too easy to guess.
@@ -93,18 +94,31 @@ class CascadeConfig:
     handoff_queues: bool = True
     direct_handoff: bool = True
     mqtt: MqttSettings | None = None
+    #: Connection and Sentinel options (redis_client.py); may hold a password.
+    redis_transport_options: dict[str, Any] = field(default_factory=dict, repr=False, hash=False)
+    #: Replicas a parking waits for (WAIT); None: 1 when the master reports replicas.
+    redis_wait_replicas: int | None = None
+    redis_wait_timeout: float = 0.5
 
     @classmethod
     def from_app(cls, app: Celery) -> CascadeConfig:
         """Read and check ``app.conf``; raise ConfigurationError naming the bad setting."""
         conf = app.conf
-        redis_url = conf.get("cascade_redis_url") or _redis_broker_url(conf.get("broker_url"))
+        own_url = conf.get("cascade_redis_url")
+        redis_url = own_url or _redis_broker_url(conf.get("broker_url"))
         if not redis_url:
             raise ConfigurationError(
                 "cascade_redis_url is not set and broker_url is not a redis:// URL"
             )
+        redis_url = _url(conf, "cascade_redis_url", redis_url, SCHEMES)
+        options = conf.get("cascade_redis_transport_options")
+        if options is None and not own_url:  # the broker's Redis: its options too
+            options = sentinel_part(conf.get("broker_transport_options") or {})
         return cls(
-            redis_url=_url(conf, "cascade_redis_url", redis_url, ("redis", "rediss", "unix")),
+            redis_url=redis_url,
+            redis_transport_options=check_transport_options(redis_url, options),
+            redis_wait_replicas=_wait_replicas(conf),
+            redis_wait_timeout=_seconds(conf, "cascade_redis_wait_timeout", 0.5, minimum=0.001),
             redis_prefix=_prefix(conf, "cascade_redis_prefix"),
             mqtt_url=_optional_url(conf, "cascade_mqtt_url", ("mqtt", "mqtts")),
             mqtt_prefix=_prefix(conf, "cascade_mqtt_prefix"),
@@ -122,9 +136,21 @@ class CascadeConfig:
 
 
 def _redis_broker_url(broker_url: object) -> str | None:
-    if isinstance(broker_url, str) and broker_url.split("://", 1)[0] in ("redis", "rediss"):
+    if isinstance(broker_url, str) and broker_url.split("://", 1)[0] in (
+        "redis", "rediss", "sentinel",
+    ):  # fmt: skip
         return broker_url
     return None
+
+
+def _wait_replicas(conf: Any) -> int | None:
+    value = conf.get("cascade_redis_wait_replicas")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ConfigurationError(
+            f"cascade_redis_wait_replicas must be None (auto), 0 (off) or an integer >= 1, "
+            f"got {value!r}"
+        )
+    return value
 
 
 def _url(conf: Any, name: str, value: object, schemes: tuple[str, ...]) -> str:
@@ -214,7 +240,10 @@ def _mqtt(conf: Any) -> MqttSettings | None:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and logs."""
+    """``url`` with its password replaced by ``***``, for messages and logs (each entry
+    of a ``;``-separated Sentinel list)."""
+    if ";" in url:
+        return ";".join(redact_url(entry) for entry in url.split(";"))
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -26,6 +26,7 @@ from cascade_celery.constraints.handlers import default_handlers
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.pools.resources import ResourceManager
+from cascade_celery.redis_client import RUNTIME_OPTIONS, client_for
 from cascade_celery.runtime.admission import Admission
 from cascade_celery.runtime.clock import RedisClock
 from cascade_celery.runtime.contention import ContentionMemory
@@ -47,10 +48,7 @@ class Runtime:
         self.pid = os.getpid()
         #: How this process names itself when it reports the constraint version it enforces.
         self.process = f"{socket.gethostname()}:{self.pid}"
-        self.client = redis.Redis.from_url(
-            config.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0,
-            health_check_interval=15,
-        )  # fmt: skip
+        self.client = client_for(config, **RUNTIME_OPTIONS)
         self.manager = ConstraintManager(default_handlers())
         self.clock = RedisClock()
         self.timers = RateTimers(self.clock, self._sweep_due)

@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from redis.sentinel import SentinelConnectionPool
 
-from cascade_celery.config import CascadeConfig, MqttSettings
+from cascade_celery.config import CascadeConfig, MqttSettings, redact_url
 from cascade_celery.errors import ConfigurationError
+from cascade_celery.redis_client import RUNTIME_OPTIONS, client_for
 
 
 @pytest.fixture(autouse=True)
@@ -182,3 +184,111 @@ def test_the_config_repr_never_shows_a_password() -> None:
     config = CascadeConfig(redis_url="redis://:s3cret@host/0", mqtt_url="mqtt://u:s3cret@host")
 
     assert "s3cret" not in repr(config)
+
+
+SENTINELS = "sentinel://h1:26379;sentinel://h2:26380;sentinel://h3"
+
+
+def test_a_sentinel_url_with_its_master_name() -> None:
+    config = config_of(
+        cascade_redis_url=SENTINELS,
+        cascade_redis_transport_options={"master_name": "mymaster", "socket_timeout": 1},
+        cascade_redis_wait_replicas=0,
+        cascade_redis_wait_timeout=2,
+    )
+
+    assert config.redis_url == SENTINELS
+    assert config.redis_transport_options == {"master_name": "mymaster", "socket_timeout": 1}
+    assert (config.redis_wait_replicas, config.redis_wait_timeout) == (0, 2.0)
+
+
+def test_wait_defaults_to_auto_and_half_a_second() -> None:
+    config = config_of()
+
+    assert (config.redis_wait_replicas, config.redis_wait_timeout) == (None, 0.5)
+    assert config.redis_transport_options == {}
+
+
+def test_a_sentinel_broker_lends_its_url_and_the_options_cascade_knows() -> None:
+    app = app_with(SENTINELS)
+    app.conf.broker_transport_options = {"master_name": "m", "visibility_timeout": 3600}
+
+    config = CascadeConfig.from_app(app)
+
+    assert (config.redis_url, config.redis_transport_options) == (SENTINELS, {"master_name": "m"})
+
+
+def test_the_client_of_a_sentinel_url_asks_the_sentinels_for_the_master() -> None:
+    options = {"master_name": "mymaster", "sentinel_kwargs": {"password": "sp"}, "db": 3}
+    config = config_of(
+        cascade_redis_url="sentinel://:mp@h1:26379/2;sentinel://h2:26380",
+        cascade_redis_transport_options=options,
+    )
+
+    client = client_for(config, **RUNTIME_OPTIONS)
+
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    assert pool.service_name == "mymaster"
+    assert pool.connection_kwargs["db"] == 3  # the transport options win over the URL
+    assert pool.connection_kwargs["password"] == "mp"  # noqa: S105
+    assert pool.connection_kwargs["health_check_interval"] == 15
+    sentinels = pool.sentinel_manager.sentinels
+    assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26380]
+    assert sentinels[0].connection_pool.connection_kwargs["password"] == "sp"  # noqa: S105
+    assert sentinels[0].connection_pool.connection_kwargs["socket_timeout"] == 5.0
+    client.close()
+
+
+def test_transport_options_reach_a_plain_redis_client() -> None:
+    config = config_of(cascade_redis_transport_options={"socket_timeout": 1.5})
+
+    client = client_for(config, **RUNTIME_OPTIONS)
+
+    assert client.connection_pool.connection_kwargs["socket_timeout"] == 1.5
+    assert client.connection_pool.connection_kwargs["socket_connect_timeout"] == 2.0
+    client.close()
+
+
+BAD_REDIS_SETTINGS = [
+    ({"cascade_redis_url": "sentinel://h1:26379"}, "master_name"),
+    ({"cascade_redis_url": SENTINELS, "cascade_redis_transport_options": {}}, "master_name"),
+    (
+        {"cascade_redis_url": SENTINELS, "cascade_redis_transport_options": {"master_name": ""}},
+        "master_name",
+    ),
+    ({"cascade_redis_url": "sentinel://h1:26379;redis://h2:6379"}, "cascade_redis_url"),
+    ({"cascade_redis_url": "sentinel://h1:port"}, "cascade_redis_url: bad port"),
+    ({"cascade_redis_url": "sentinel://:26379"}, "cascade_redis_url: missing host"),
+    ({"cascade_redis_url": "sentinel://h1:26379/x"}, "cascade_redis_url: bad db"),
+    ({"cascade_redis_url": "redis://h1;redis://h2"}, "cascade_redis_url"),
+    ({"cascade_redis_url": "redis+sentinel://h1:26379"}, "cascade_redis_url"),
+    ({"cascade_redis_transport_options": {"master_name": "m"}}, "only apply to a sentinel"),
+    ({"cascade_redis_transport_options": {"visibility_timeout": 1}}, "unknown option"),
+    ({"cascade_redis_transport_options": ["master_name"]}, "must be a dict"),
+    (
+        {
+            "cascade_redis_url": SENTINELS,
+            "cascade_redis_transport_options": {"master_name": "m", "sentinel_kwargs": 1},
+        },
+        "sentinel_kwargs",
+    ),
+    ({"cascade_redis_wait_replicas": -1}, "cascade_redis_wait_replicas"),
+    ({"cascade_redis_wait_replicas": True}, "cascade_redis_wait_replicas"),
+    ({"cascade_redis_wait_replicas": "1"}, "cascade_redis_wait_replicas"),
+    ({"cascade_redis_wait_timeout": 0}, "cascade_redis_wait_timeout"),
+]
+
+
+@pytest.mark.parametrize(("settings", "message"), BAD_REDIS_SETTINGS)
+def test_bad_redis_settings_are_errors_at_parse_time(
+    settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        config_of(**settings)
+
+
+def test_a_sentinel_list_is_redacted_entry_by_entry() -> None:
+    url = "sentinel://:s3cret@h1:26379;sentinel://:s3cret@h2:26379"
+
+    assert redact_url(url) == "sentinel://:***@h1:26379;sentinel://:***@h2:26379"
