@@ -9,6 +9,7 @@ failover by itself (redis-py's ``Sentinel.master_for``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.sentinel import Sentinel
 
-from cascade_celery.errors import ConfigurationError
+from cascade_celery.errors import CascadeError, ConfigurationError
 
 if TYPE_CHECKING:
     from cascade_celery.config import CascadeConfig
@@ -148,3 +149,55 @@ def redis_client(
 def client_for(config: CascadeConfig, **defaults: Any) -> redis.Redis:
     """A client of cascade's Redis as ``config`` describes it."""
     return redis_client(config.redis_url, config.redis_transport_options, **defaults)
+
+
+class NotReplicated(CascadeError, redis.exceptions.ConnectionError):
+    """No replica acknowledged a parking in time: the runtime treats it as Redis down
+    (``errors.REDIS_DOWN``) and sends the task back to the broker with back-off."""
+
+
+class ReplicaWait:
+    """``WAIT`` for replicas after a write that must survive a failover (a parking).
+
+    ``replicas``: how many must acknowledge; None: 1 while the master reports connected
+    replicas (``INFO replication``, read at most every ``INFO_TTL`` seconds), 0: never wait.
+    WAIT covers the writes of its own connection, and the pool may lend another one than
+    the write's: so a marker (a hash field, expiring) is written first on WAIT's
+    connection. The replication stream is ordered: a server holding the marker holds the
+    earlier write too.
+    """
+
+    INFO_TTL = 2.0
+    MARKER_TTL_MS = 60_000
+
+    def __init__(self, client: redis.Redis, replicas: int | None, timeout: float) -> None:
+        self.client = client
+        self.replicas = replicas
+        self.timeout_ms = max(1, round(timeout * 1000))
+        self._known: tuple[float, int] | None = None  # (monotonic time read, replicas)
+
+    def needed(self) -> int:
+        """How many replicas a write waits for now."""
+        if self.replicas is not None:
+            return self.replicas
+        now = time.monotonic()
+        if self._known is None or now - self._known[0] > self.INFO_TTL:
+            connected = int(self.client.info("replication").get("connected_slaves", 0))
+            self._known = (now, connected)
+        return min(1, self._known[1])
+
+    def wait(self, marker: str, field: str, value: str) -> bool:
+        """Write ``field`` = ``value`` in the hash ``marker`` and wait until the replicas
+        needed hold it (and every write before it); True also when none are needed."""
+        needed = self.needed()
+        if needed == 0:
+            return True
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(marker, field, value)
+        pipe.pexpire(marker, self.MARKER_TTL_MS)
+        pipe.execute_command("WAIT", needed, self.timeout_ms)
+        *_, acknowledged = pipe.execute()
+        if int(acknowledged) >= needed:
+            return True
+        self._known = None  # a replica may be gone: ask again next time
+        return False

@@ -8,6 +8,10 @@ Rate pools (``constraints/rate.py``) hold every admission for exactly their wind
 free room only as entries expire: a call that leaves tasks waiting in one reports the
 pool's next due time (ms on Redis's clock), when a :meth:`ResourceManager.sweep` will
 hand off. Results carry those dues, and ``on_due`` hears each of them too.
+
+A parking is kept only once a replica holds it (pools/replication.py); else the call
+raises ``NotReplicated`` (Redis down, for the runtime). Hand-offs that call made are
+then not returned: their reservations expire and put them back at the head of the line.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import redis
 
 from cascade_celery.constraints.rate import window_of_pool
 from cascade_celery.pools.keys import pool_keys, pool_registry
+from cascade_celery.pools.replication import ParkingGuard
 from cascade_celery.pools.scripts import AcquireStatus, Handoff, Outcome, ParkStatus, Scripts
 from cascade_celery.text import text
 
@@ -97,6 +102,8 @@ class ResourceManager:
         lease_seconds: float,
         max_handoffs: int = 500,
         on_due: Callable[[str, int], None] | None = None,
+        wait_replicas: int | None = None,
+        wait_timeout: float = 0.5,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -106,6 +113,8 @@ class ResourceManager:
         self.on_due = on_due
         self._scripts = Scripts(client)
         self._registered: set[str] = set()
+        #: Parkings wait for a replica (pools/replication.py).
+        self.guard = ParkingGuard(client, prefix, wait_replicas, wait_timeout)
 
     def try_acquire(
         self,
@@ -153,6 +162,8 @@ class ResourceManager:
             lease = Lease(task_id, member, tuple(pools), contended=outcome.detail == 1)
             return AcquireResult(lease, None, handoffs, dues=dues)
         blocked = names[outcome.detail - 1]
+        if status is AcquireStatus.PARKED:
+            self.guard.check(task_id, blocked)
         return AcquireResult(None, blocked, handoffs, status is AcquireStatus.PARKED, dues)
 
     def park(
@@ -173,7 +184,10 @@ class ResourceManager:
             arrival_ms=None if arrived is None else arrived * 1000,
         )
         self._dues([pool], outcome)
-        return ParkStatus(outcome.status) is ParkStatus.PARKED, self._resolve([pool], outcome)
+        parked = ParkStatus(outcome.status) is ParkStatus.PARKED
+        if parked:
+            self.guard.check(task_id, pool)
+        return parked, self._resolve([pool], outcome)
 
     def release(self, lease: Lease) -> tuple[PoolHandoff, ...]:
         """Give the lease's units back; waiters that now fit are handed off.
