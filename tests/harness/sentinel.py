@@ -7,6 +7,7 @@ Failover settings are quick (down after 1 s, failover timeout 3 s): after
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +30,16 @@ class ReplicaServer(RedisServer):
 
     def _command(self, port: int) -> list[str]:
         return [*super()._command(port), "--replicaof", "127.0.0.1", str(self.master_port)]
+
+    def pause(self) -> None:
+        """SIGSTOP: the replica stays connected but acknowledges nothing."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
 
 class SentinelProcess:
@@ -98,7 +109,7 @@ class SentinelDeployment:
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
         self.master = RedisServer(self.directory / "master")
-        self.replica: RedisServer | None = None
+        self.replica: ReplicaServer | None = None
         self.sentinels: list[SentinelProcess] = []
         self._killed: list[RedisServer] = []
 
