@@ -49,6 +49,15 @@ class ParkingGuard:
         self._name = uuid.uuid4().hex[:12]
         self._count = itertools.count()
 
+    def replicated(self, pool: str) -> bool:
+        """Whether a replica holds every write made so far (True: none needed)."""
+        return self.replication.wait(*self._marker(pool))
+
+    def _marker(self, pool: str) -> tuple[str, str, str]:
+        """(key in the pool's hash slot, field of this process and thread, new value)."""
+        marker = pool_keys(self.prefix, pool).waiters.removesuffix("waiters") + "replicated"
+        return marker, f"{self._name}:{threading.get_ident()}", str(next(self._count))
+
     def check(self, task_id: str, pool: str) -> None:
         """Return once a replica holds ``task_id``'s parking in ``pool``; else undo it and
         raise NotReplicated (unless it was handed off meanwhile).
@@ -57,12 +66,10 @@ class ParkingGuard:
         whether the undo runs on the server that parked: if not, the task is sent back
         too (it may still be parked there: its copy then parks in its place again).
         """
-        keys = pool_keys(self.prefix, pool)
-        marker = keys.waiters.removesuffix("waiters") + "replicated"
-        field = f"{self._name}:{threading.get_ident()}"
-        value = str(next(self._count))
+        marker, field, value = self._marker(pool)
         if self.replication.wait(marker, field, value):
             return
+        keys = pool_keys(self.prefix, pool)
         undone = self._unpark(
             keys=[keys.waiters, keys.parked, marker], args=[task_id, field, value]
         )

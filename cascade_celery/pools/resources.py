@@ -10,12 +10,14 @@ pool's next due time (ms on Redis's clock), when a :meth:`ResourceManager.sweep`
 hand off. Results carry those dues, and ``on_due`` hears each of them too.
 
 A parking is kept only once a replica holds it (pools/replication.py); else the call
-raises ``NotReplicated`` (Redis down, for the runtime). Hand-offs that call made are
-then not returned: their reservations expire and put them back at the head of the line.
+raises ``NotReplicated`` (Redis down, for the runtime). Hand-offs to publish are returned
+only once a replica holds them too. Those not returned (no replica in time, or the call
+raised) are not lost: their reservations expire and put them back at the head of the line.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ from cascade_celery.pools.keys import pool_keys, pool_registry
 from cascade_celery.pools.replication import ParkingGuard
 from cascade_celery.pools.scripts import AcquireStatus, Handoff, Outcome, ParkStatus, Scripts
 from cascade_celery.text import text
+
+logger = logging.getLogger(__name__)
 
 #: A pool's next due time: (pool, ms on Redis's clock).
 Due = tuple[str, int]
@@ -271,9 +275,18 @@ class ResourceManager:
             self.client.sadd(pool_registry(self.prefix), *new)
             self._registered.update(new)
 
-    @staticmethod
-    def _resolve(names: Sequence[str], outcome: Outcome) -> tuple[PoolHandoff, ...]:
-        return tuple(_named(names, handoff) for handoff in outcome.handoffs)
+    def _resolve(self, names: Sequence[str], outcome: Outcome) -> tuple[PoolHandoff, ...]:
+        """The hand-offs to publish, once a replica holds their pops (else none: their
+        reservations expire and put them back at the head of the line; published, a
+        failover could hand them off again, and they would run twice)."""
+        handoffs = tuple(_named(names, handoff) for handoff in outcome.handoffs)
+        if any(h.payload for h in handoffs) and not self.guard.replicated(handoffs[0].pool):
+            logger.warning(
+                "cascade: no replica acknowledged %d hand-off(s) in time; they go back in "
+                "line when their reservations expire", len(handoffs),
+            )  # fmt: skip
+            return tuple(h for h in handoffs if not h.payload)
+        return handoffs
 
     def _dues(self, names: Sequence[str], outcome: Outcome) -> tuple[Due, ...]:
         dues = tuple((names[index], due) for index, due in outcome.dues)

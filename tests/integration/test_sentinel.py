@@ -170,3 +170,28 @@ def test_a_parking_handed_off_before_the_wait_failed_is_left_alone(
 def _wait_calls(client: redis.Redis) -> int:
     stats = client.info("commandstats")
     return int(stats.get("cmdstat_wait", {}).get("calls", 0))
+
+
+def test_a_handoff_is_returned_once_the_replica_holds_it_else_it_waits_for_its_expiry(
+    deployment: SentinelDeployment, client: redis.Redis, unique_prefix: str
+) -> None:
+    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=0.5, wait_timeout=0.2)
+    holder = rm.try_acquire("holder", [(POOL, 1)], LIMIT).lease
+    assert holder is not None
+    for task_id in ("one", "two"):
+        assert rm.try_acquire(task_id, [(POOL, 1)], LIMIT, park_with=task_id.encode()).parked
+
+    # When a release hands "one" off while the replica acknowledges nothing
+    replica = replica_of(deployment)
+    replica.pause()
+    try:
+        # Then it is not returned for publishing (a failover could hand it off again)
+        assert rm.release(holder) == ()
+    finally:
+        replica.resume()
+
+    # And its reservation expires: it is handed off again, from the head of the line
+    def handed() -> tuple[str, ...]:
+        return tuple(h.task_id for h in rm.sweep(POOL, 1).handoffs)
+
+    assert wait_for(handed, 10, message="the reservation to expire") == ("one",)
