@@ -5,6 +5,7 @@ subprocess imports this module (``celery -A tests.apps.gated_app worker``):
 ``CASCADE_TEST_BROKER`` (broker, result backend and the event record),
 ``CASCADE_TEST_REDIS`` (cascade's Redis), ``CASCADE_TEST_PREFIX``, ``CASCADE_TEST_LEASE``,
 ``CASCADE_TEST_VISIBILITY`` (optional broker visibility timeout, seconds),
+``CASCADE_TEST_REDIS_OPTIONS`` (optional JSON: cascade_redis_transport_options),
 ``CASCADE_TEST_MQTT`` (optional control plane) and ``CASCADE_TEST_MQTT_<OPTION>``.
 """
 
@@ -54,11 +55,13 @@ def make_app(
     mqtt_url: str | None = None,
     mqtt_options: dict[str, object] | None = None,
     visibility_timeout: float | None = None,
+    redis_options: dict[str, object] | None = None,
 ) -> Celery:
     """A fresh app whose tasks record their start and end in the broker's Redis."""
     app = Celery("gated", broker=broker, backend=broker, set_as_current=False)
     app.conf.update(
         cascade_redis_url=cascade_redis,
+        cascade_redis_transport_options=redis_options,
         cascade_redis_prefix=prefix,
         cascade_lease_seconds=lease_seconds,
         cascade_sweep_interval=sweep_interval,
@@ -176,6 +179,7 @@ if "CASCADE_TEST_BROKER" in os.environ:
         os.environ["CASCADE_TEST_PREFIX"],
         lease_seconds=float(os.environ.get("CASCADE_TEST_LEASE", "30")),
         visibility_timeout=float(os.environ.get("CASCADE_TEST_VISIBILITY", "0")) or None,
+        redis_options=json.loads(os.environ.get("CASCADE_TEST_REDIS_OPTIONS", "null")),
         mqtt_url=os.environ.get("CASCADE_TEST_MQTT"),
         mqtt_options={
             key.removeprefix("CASCADE_TEST_MQTT_").lower(): value
