@@ -160,15 +160,17 @@ class ResourceManager:
             arrival_ms=None if arrived is None else arrived * 1000,
         )
         touched = [*names, *stale, *released]
-        handoffs, dues = self._resolve(touched, outcome), self._dues(touched, outcome)
+        dues = self._dues(touched, outcome)
         status = AcquireStatus(outcome.status)
+        parked = status is AcquireStatus.PARKED
+        blocked = names[outcome.detail - 1] if status is not AcquireStatus.ACQUIRED else None
+        if parked:
+            self.guard.check(task_id, str(blocked))  # its WAIT covers the hand-offs too
+        handoffs = self._resolve(touched, outcome, replicated=parked)
         if status is AcquireStatus.ACQUIRED:
             lease = Lease(task_id, member, tuple(pools), contended=outcome.detail == 1)
             return AcquireResult(lease, None, handoffs, dues=dues)
-        blocked = names[outcome.detail - 1]
-        if status is AcquireStatus.PARKED:
-            self.guard.check(task_id, blocked)
-        return AcquireResult(None, blocked, handoffs, status is AcquireStatus.PARKED, dues)
+        return AcquireResult(None, blocked, handoffs, parked, dues)
 
     def park(
         self, task_id: str, pool: str, units: int, capacity: int | None, payload: bytes,
@@ -191,7 +193,7 @@ class ResourceManager:
         parked = ParkStatus(outcome.status) is ParkStatus.PARKED
         if parked:
             self.guard.check(task_id, pool)
-        return parked, self._resolve([pool], outcome)
+        return parked, self._resolve([pool], outcome, replicated=parked)
 
     def release(self, lease: Lease) -> tuple[PoolHandoff, ...]:
         """Give the lease's units back; waiters that now fit are handed off.
@@ -275,12 +277,16 @@ class ResourceManager:
             self.client.sadd(pool_registry(self.prefix), *new)
             self._registered.update(new)
 
-    def _resolve(self, names: Sequence[str], outcome: Outcome) -> tuple[PoolHandoff, ...]:
-        """The hand-offs to publish, once a replica holds their pops (else none: their
-        reservations expire and put them back at the head of the line; published, a
-        failover could hand them off again, and they would run twice)."""
+    def _resolve(
+        self, names: Sequence[str], outcome: Outcome, *, replicated: bool = False
+    ) -> tuple[PoolHandoff, ...]:
+        """The hand-offs to publish, once a replica holds their pops (``replicated``:
+        known already); else none: their reservations expire and put them back at the
+        head of the line (published, a failover could hand them off again: twice run)."""
         handoffs = tuple(_named(names, handoff) for handoff in outcome.handoffs)
-        if any(h.payload for h in handoffs) and not self.guard.replicated(handoffs[0].pool):
+        if replicated or not any(h.payload for h in handoffs):
+            return handoffs
+        if not self.guard.replicated(handoffs[0].pool):
             logger.warning(
                 "cascade: no replica acknowledged %d hand-off(s) in time; they go back in "
                 "line when their reservations expire", len(handoffs),
