@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from cascade_celery.errors import CascadeError, ConfigurationError
 
@@ -142,8 +142,19 @@ def redis_client(
     sentinel = Sentinel(
         list(parsed.sentinels), min_other_sentinels=min_other, sentinel_kwargs=sentinel_kwargs
     )
-    client: redis.Redis = sentinel.master_for(master, **connection)
+    client: redis.Redis = sentinel.master_for(master, redis_class=_SentinelMaster, **connection)
     return client
+
+
+class _SentinelMaster(redis.Redis):
+    """The master's client; closing it closes the connections to the sentinels too."""
+
+    def close(self) -> None:
+        """Close the master's connections and the sentinels' clients."""
+        super().close()
+        pool = self.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            pool.sentinel_manager.close()
 
 
 def client_for(config: CascadeConfig, **defaults: Any) -> redis.Redis:
