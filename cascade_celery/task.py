@@ -15,8 +15,9 @@ Celery makes for an ``Ignore`` raised inside the trace (~2 ms a parking).
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from celery import Task
@@ -26,7 +27,8 @@ from celery.exceptions import Ignore
 from cascade_celery import internals
 from cascade_celery.constraints.handlers.concurrency import MAX_LIMIT, concurrency_pool
 from cascade_celery.constraints.model import TaskInfo
-from cascade_celery.errors import ConfigurationError
+from cascade_celery.constraints.rate import parse_rate, rate_pool
+from cascade_celery.errors import ConfigurationError, InvalidConstraint
 from cascade_celery.install import installation
 from cascade_celery.pools.parking import original_route
 
@@ -40,6 +42,11 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
     #: code. A ``concurrency`` constraint on exactly ``task:<name>`` overrides it at
     #: runtime; removing that constraint restores it. None: no limit in code.
     concurrency: ClassVar[int | None] = None
+
+    #: Cluster-wide rate declared in code: ``"10/s"``, or windows that all hold
+    #: (``["10/s", "500/h"]``). A ``rate_limit`` constraint on exactly ``task:<name>``
+    #: replaces it at runtime. Celery's own ``rate_limit`` stays per worker.
+    rate: ClassVar[str | Sequence[str] | None] = None
 
     #: Units of named pools each run holds, e.g. ``{"gpu": 1}``. A ``concurrency``
     #: constraint on ``resource:<name>`` sets that pool's capacity (none: unlimited).
@@ -58,6 +65,12 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
                 f"task {name}: concurrency must be an integer from 1 to {MAX_LIMIT} "
                 f"(or None), got {concurrency!r}; to hold a task, pause it"
             )
+        rate = cls.__dict__.get("rate")
+        if rate is not None:
+            try:
+                parse_rate(rate if isinstance(rate, str) else list(rate))
+            except (InvalidConstraint, TypeError) as exc:
+                raise ConfigurationError(f"task {name}: rate: {exc}") from None
         resources = cls.__dict__.get("resources")
         if resources is not None:
             if not isinstance(resources, Mapping):
@@ -99,13 +112,22 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
         requirements = {f"resource:{name}": units for name, units in (self.resources or {}).items()}
         if self.concurrency is not None:
             requirements[concurrency_pool(f"task:{self.name}")] = 1
+        for pool in self._rate_capacities():
+            requirements[pool] = 1
         return requirements
 
     def cascade_defaults(self) -> dict[str, int]:
         """Pool capacities declared in code: ``pool -> capacity``."""
-        if self.concurrency is None:
+        defaults = self._rate_capacities()
+        if self.concurrency is not None:
+            defaults[concurrency_pool(f"task:{self.name}")] = self.concurrency
+        return defaults
+
+    def _rate_capacities(self) -> dict[str, int]:
+        if self.rate is None:
             return {}
-        return {concurrency_pool(f"task:{self.name}"): self.concurrency}
+        rate = self.rate if isinstance(self.rate, str) else tuple(self.rate)
+        return dict(_rate_capacities(f"task:{self.name}", rate))
 
     def cascade_info(self, request: Any) -> TaskInfo:
         """What the constraint handlers see of a run of this task (``request``)."""
@@ -114,6 +136,13 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
             queue=queue_of(self.app, *original_route(request)),
             resources=self.cascade_requirements(),
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def _rate_capacities(scope: str, rate: str | tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """The pools (and capacities) of a rate declared in code, parsed once."""
+    windows = parse_rate(rate if isinstance(rate, str) else list(rate))
+    return tuple((rate_pool(scope, window), window.count) for window in windows)
 
 
 #: Request key set by the gated tracer: the constraint-set version the execution was
@@ -130,7 +159,7 @@ def _gated(task: Any, tracer: Any) -> Any:
         if request.get("is_eager"):
             return tracer(uuid, args, kwargs, request)
         runtime = installation(app).runtime()
-        free = runtime.admission.known_free(task.name, request)
+        free = runtime.admission.free.known(task.name, request)
         if free is not None:  # needs no pool: no Context, no Redis, nothing to release
             request[GATED] = free
             return tracer(uuid, args, kwargs, request)

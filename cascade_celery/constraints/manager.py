@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from cascade_celery.constraints.handlers.base import ConstraintHandler
 from cascade_celery.constraints.index import ConstraintIndex
 from cascade_celery.constraints.model import Constraint, TaskInfo
+from cascade_celery.constraints.rate import scope_of_pool
 from cascade_celery.errors import ConfigurationError, InvalidConstraint
 
 PoolsChanged = Callable[[set[str]], None]
+#: The type whose runtime constraints replace the rate a task declares in code.
+RATE_LIMIT = "rate_limit"
 
 
 @dataclass(frozen=True)
@@ -207,10 +210,23 @@ class ConstraintManager:
         ]
         if capacities:
             return min(capacities)
-        return self._defaults.get(pool)
+        default = self._defaults.get(pool)
+        if default is not None and self._rated_at_runtime(scope_of_pool(pool), now):
+            return None  # a rate declared in code gives way to a runtime rate on its scope
+        return default
+
+    def _rated_at_runtime(self, scope: str | None, now: float) -> bool:
+        return scope is not None and any(
+            c.type == RATE_LIMIT and str(c.scope) == scope and not c.is_expired(now)
+            for c in self._active.values()
+        )
 
     def _pools_of(self, constraint: Constraint) -> set[str]:
-        return set(self._handlers[constraint.type].pool_capacities(constraint))
+        pools = set(self._handlers[constraint.type].pool_capacities(constraint))
+        if constraint.type == RATE_LIMIT:  # the code-declared windows it replaces
+            scope = str(constraint.scope)
+            pools |= {pool for pool in self._defaults if scope_of_pool(pool) == scope}
+        return pools
 
     def _notify(self, pools: set[str]) -> None:
         if pools and self.on_pools_changed is not None:

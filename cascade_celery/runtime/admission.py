@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -24,48 +22,20 @@ from cascade_celery.constraints.manager import ConstraintManager, Decision
 from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.errors import REDIS_DOWN
 from cascade_celery.pools import parking
-from cascade_celery.pools.parking import Grant
-from cascade_celery.pools.resources import Lease, ResourceManager
+from cascade_celery.pools.resources import Lease, ResourceManager, is_rate_pool, lease_member
 from cascade_celery.runtime import probe
 from cascade_celery.runtime.clock import RedisClock
 from cascade_celery.runtime.contention import ContentionMemory
 from cascade_celery.runtime.deferral import back_off, mark_deferred
+from cascade_celery.runtime.free import FreeTasks
 from cascade_celery.runtime.handoffs import Handoffs
 from cascade_celery.runtime.leases import Held, LeaseBook
+from cascade_celery.runtime.rules import Parked, capacities_of, grant_is_good, releasable
 from cascade_celery.runtime.sync import ConstraintSync
 
 logger = logging.getLogger(__name__)
 
 _ATTEMPTS = 5
-
-
-def grant_is_good(
-    grant: Grant | None, age_ms: float | None, pool: str, decision: Decision, lease_seconds: float
-) -> bool:
-    """Whether a task handed off directly from ``pool`` surely still holds its grant: it
-    needs that pool only, the units it was granted, under a capacity no lower than
-    then, and the grant (``age_ms`` old at most) is under half a lease old."""
-    if grant is None or age_ms is None or decision.denied_by is not None:
-        return False
-    if decision.pools != ((pool, grant.units),):
-        return False
-    capacity = decision.capacities.get(pool)
-    if capacity is not None and (grant.capacity is None or capacity < grant.capacity):
-        return False
-    return age_ms < lease_seconds * 500
-
-
-@dataclass(frozen=True)
-class Parked:
-    """Where an execution was parked, and whether a pause (not a limit) holds it."""
-
-    pool: str
-    paused: bool
-
-
-def capacities_of(decision: Decision) -> tuple[int | None, ...]:
-    """The capacities of a decision's pools, in its order."""
-    return tuple(decision.capacities.get(name) for name, _ in decision.pools)
 
 
 class Admission:
@@ -100,33 +70,8 @@ class Admission:
         self.lease_seconds = lease_seconds
         self.retry_delay = retry_delay
         self.retry_max_delay = retry_max_delay
-        #: Tasks (name, route) known to need no pool under constraint-set version
-        #: ``_free_version``: their executions skip the gate until the set changes.
-        self._free: set[tuple[str, tuple[str, str]]] = set()
-        self._free_version = -1
-        self._free_lock = threading.Lock()
-
-    def known_free(self, name: str, request: Mapping[str, Any]) -> int | None:
-        """The constraint-set version under which an execution of task ``name`` surely
-        needs no pool (``request``: the worker's request dict), if this process learnt
-        so since the set last changed; else None: gate it. Only a change of the set can
-        make a task need a pool (an expiry only frees it), and every change bumps the
-        version."""
-        if parking.HANDOFF_POOL_HEADER in (request.get("headers") or {}):
-            return None  # it holds a reservation to give back
-        version = self.manager.version
-        if version != self._free_version:
-            return None
-        route = parking.route_of(request.get("headers"), request.get("delivery_info"))
-        return version if (name, route) in self._free else None
-
-    def _learn_free(self, version: int, name: str, request: Any) -> None:
-        with self._free_lock:
-            if self.manager.version != version:
-                return  # the set changed meanwhile: this decision may be stale
-            if self._free_version != version:
-                self._free, self._free_version = set(), version
-            self._free.add((name, parking.original_route(request)))
+        #: Tasks known to need no pool: their executions skip the gate.
+        self.free = FreeTasks(manager)
 
     def gate(self, task: Task, request: Any, info: TaskInfo, args: Any, kwargs: Any) -> int | None:
         """Admit an execution of ``task`` (``request``: its Context) or park it.
@@ -145,7 +90,7 @@ class Admission:
                 decision = self.manager.evaluate(info)
                 if decision.is_free:
                     self._give_back(task_id, reserved_in)
-                    self._learn_free(version, task.name, request)
+                    self.free.learn(version, task.name, request)
                     return version
                 if reserved_in is not None and self._start_on_grant(
                     key, request, decision, reserved_in
@@ -166,7 +111,8 @@ class Admission:
                         # A change raced with this decision (e.g. the pause ended):
                         # sweep the pool so the task isn't left behind.
                         self.sync.sweep(pool, self.sync.capacity_of(pool))
-                    mark_deferred(task, request, pool, "paused" if paused else "limit")
+                    reason = "paused" if paused else "rate" if is_rate_pool(pool) else "limit"
+                    mark_deferred(task, request, pool, reason)
                     logger.info("Task %s[%s] ignored: parked in %s", task.name, task_id, pool)
                     return None
         except REDIS_DOWN as exc:
@@ -218,8 +164,10 @@ class Admission:
         self.handoffs.publish(result.handoffs)
         if result.lease is not None:
             self.contention.note(pools, result.lease.contended, asked, time.monotonic())
-            held = Held(result.lease, capacities_of(decision), asked, epoch)
-            self.leases.hold((task_id, threading.get_ident()), held)
+            lease = releasable(result.lease)
+            if lease is not None:
+                held = Held(lease, capacities_of(decision), asked, epoch)
+                self.leases.hold((task_id, threading.get_ident()), held)
             return True
         pool = str(result.blocked_pool)
         self.contention.note([pool], True, asked, time.monotonic())
@@ -240,6 +188,8 @@ class Admission:
         names = (name for name, _ in pools)
         if decision.denied_by is not None or not self.sync.listening:
             return False
+        if any(is_rate_pool(name) for name, _ in pools):
+            return False  # an admission in a rate window is used up, not passed on
         if self.contention.likely_blocked(names, time.monotonic()):
             return False
         wanted = (pools, capacities_of(decision), self.sync.epoch)
@@ -257,8 +207,8 @@ class Admission:
         if not grant_is_good(grant, age_ms, pool, decision, self.lease_seconds):
             return False
         task_id = key[0]
-        member = f"t:{task_id}:{uuid.uuid4().hex[:12]}"
-        lease = Lease(task_id, member, decision.pools, contended=True, unclaimed=True)
+        lease = Lease(task_id, lease_member(task_id), decision.pools, contended=True,
+                      unclaimed=True)  # fmt: skip
         confirmed = time.monotonic() - max(0.0, age_ms or 0.0) / 1000
         held = Held(lease, capacities_of(decision), confirmed, self.sync.epoch)
         self.leases.hold(key, held, claim=True)

@@ -1,10 +1,11 @@
 """Runtime: what one process needs to gate tasks, built in that process (after fork).
 
 It wires the rooms together (admission, the lease book, hand-offs, constraint sync,
-contention memory, Redis's clock) around one Redis client, and runs three daemon
-threads: the listener (constraint changes, pools that got a line), the releaser (ended
-leases no next task took over) and the keeper, which calls each room's periodic work:
-claims, retried releases and confirmations, expiry, renewals and sweeps.
+rate timers, contention memory, Redis's clock) around one Redis client, and runs four
+daemon threads: the listener (constraint changes, pools that got a line, rate pools'
+next dues), the releaser (ended leases no next task took over), the timers (a rate
+pool's sweep when its window has room) and the keeper, which calls each room's periodic
+work: claims, retried releases and confirmations, expiry, renewals and sweeps.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from cascade_celery.runtime.contention import ContentionMemory
 from cascade_celery.runtime.handoffs import Handoffs
 from cascade_celery.runtime.leases import LeaseBook, LostLease
 from cascade_celery.runtime.sync import ConstraintSync
+from cascade_celery.runtime.timers import RateTimers
 from cascade_celery.store import ConstraintStore
 
 logger = logging.getLogger(__name__)
@@ -50,12 +52,13 @@ class Runtime:
             health_check_interval=15,
         )  # fmt: skip
         self.manager = ConstraintManager(default_handlers())
+        self.clock = RedisClock()
+        self.timers = RateTimers(self.clock, self._sweep_due)
         self.resources = ResourceManager(
             self.client, prefix=config.redis_prefix, lease_seconds=config.lease_seconds,
-            max_handoffs=config.max_handoffs,
+            max_handoffs=config.max_handoffs, on_due=self.timers.arm,
         )  # fmt: skip
         self.store = ConstraintStore(self.client, config.redis_prefix, self.manager.validate)
-        self.clock = RedisClock()
         self.contention = ContentionMemory()
         self.handoffs = Handoffs(app, self.resources, handoff_queues=handoff_queues)
         #: Wakes the keeper before its next round (a claim to make; stop).
@@ -101,7 +104,7 @@ class Runtime:
                 self.client, self.config.redis_prefix, self.config.direct_handoff, self.report_ttl
             )
             threads = (("listener", self._listen), ("releaser", self.leases.run_releaser),
-                       ("keeper", self._keep))  # fmt: skip
+                       ("keeper", self._keep), ("timers", self.timers.run))  # fmt: skip
             for name, target in threads:
                 thread = threading.Thread(target=target, name=f"cascade-{name}", daemon=True)
                 thread.start()
@@ -113,6 +116,7 @@ class Runtime:
         self._stop.set()
         self._keeper_wake.set()
         self.leases.stop()  # the releaser releases what is left, then ends
+        self.timers.stop()
         for thread in self._threads:
             thread.join(timeout=2.0)
         if self._ready:
@@ -143,7 +147,11 @@ class Runtime:
     # -- threads --------------------------------------------------------------------------
 
     def _listen(self) -> None:
-        self.sync.listen(self._stop, self._pool_contended)
+        self.sync.listen(self._stop, self._pool_contended, self.timers.arm)
+
+    def _sweep_due(self, pool: str) -> None:
+        """A rate pool's window has room: hand it to its waiters (the timers' call)."""
+        self.sync.sweep(pool, self.sync.capacity_of(pool))
 
     def _pool_contended(self, pool: str) -> None:
         """``pool`` got a line: no more take-overs there for a while; release ended leases."""

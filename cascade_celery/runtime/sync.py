@@ -16,7 +16,13 @@ from collections.abc import Callable
 import redis
 
 from cascade_celery.constraints.manager import ConstraintManager
-from cascade_celery.pools.keys import contended_channel, contended_pool, pool_defaults
+from cascade_celery.pools.keys import (
+    contended_channel,
+    contended_pool,
+    due_channel,
+    due_of,
+    pool_defaults,
+)
 from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime.handoffs import Handoffs
 from cascade_celery.store import ConstraintStore
@@ -51,6 +57,7 @@ class ConstraintSync:
         self.max_handoffs = max_handoffs
         self._defaults_key = pool_defaults(prefix)
         self._contended_channel = contended_channel(prefix)
+        self._due_channel = due_channel(prefix)
         self._lock = threading.Lock()
         self._version = -1
         self._kept_after_loss = False
@@ -161,14 +168,20 @@ class ConstraintSync:
 
     # -- the listener thread ------------------------------------------------------------
 
-    def listen(self, stop: threading.Event, on_contended: Callable[[str], None]) -> None:
+    def listen(
+        self,
+        stop: threading.Event,
+        on_contended: Callable[[str], None],
+        on_due: Callable[[str, int], None],
+    ) -> None:
         """Reload on every announced change; call ``on_contended(pool)`` when a pool gets
-        a line. Reconnects with back-off until ``stop`` is set."""
+        a line, ``on_due(pool, due ms)`` when a rate pool's next due changes. Reconnects
+        with back-off until ``stop`` is set."""
         delay = 0.1
         while not stop.is_set():
             try:
                 with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    pubsub.subscribe(self.store.channel, self._contended_channel)
+                    pubsub.subscribe(self.store.channel, self._contended_channel, self._due_channel)
                     self.reload()  # after subscribing, so no change falls in between
                     self.epoch += 1
                     self.listening = True
@@ -177,8 +190,11 @@ class ConstraintSync:
                         message = pubsub.get_message(timeout=1.0)
                         if message is None:
                             continue
-                        if text(message["channel"]) == self._contended_channel:
+                        channel = text(message["channel"])
+                        if channel == self._contended_channel:
                             on_contended(contended_pool(message["data"]))
+                        elif channel == self._due_channel:
+                            on_due(*due_of(message["data"]))
                         else:
                             self.reload()
             except Exception as exc:

@@ -148,6 +148,13 @@ def make_app(
         note("end", self.request.id, label)
         return label
 
+    @app.task(shared=False, base=GatedTask, name="gated.rated", rate="4/s", bind=True)
+    def rated(self, label: object, seconds: float = 0.01) -> object:
+        note("start", self.request.id, label)
+        time.sleep(seconds)
+        note("end", self.request.id, label)
+        return label
+
     @app.task(shared=False, base=GatedTask, bind=True, name=ODD_NAME)
     def odd(self, label: object, seconds: float = 0.05) -> object:
         note("start", self.request.id, label)

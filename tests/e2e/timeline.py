@@ -63,3 +63,14 @@ def peak_concurrency(all_runs: list[Run], *, after: float = 0.0) -> int:
         running += delta
         peak = max(peak, running)
     return peak
+
+
+def most_started_within(all_runs: list[Run], seconds: float) -> int:
+    """The most runs started in any interval of ``seconds`` (half-open: [t, t + seconds))."""
+    starts = sorted(run.start for run in all_runs)
+    most = first = 0
+    for last, start in enumerate(starts):
+        while start - starts[first] >= seconds:
+            first += 1
+        most = max(most, last - first + 1)
+    return most

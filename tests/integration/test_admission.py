@@ -40,7 +40,7 @@ def test_a_task_that_needed_no_pool_skips_the_gate_until_the_constraint_set_chan
     runtime: Runtime, redis_server: RedisServer
 ) -> None:
     task = runtime.app.tasks[TASK]
-    assert runtime.admission.known_free(TASK, worker_request("a")) is None  # not learnt yet
+    assert runtime.admission.free.known(TASK, worker_request("a")) is None  # not learnt yet
 
     # When an execution needed no pool
     version = gate(runtime, task, "first")
@@ -49,15 +49,15 @@ def test_a_task_that_needed_no_pool_skips_the_gate_until_the_constraint_set_chan
     # Then the next ones on the same route are known free, without a round trip (they
     # are even while Redis is down)
     redis_server.kill()
-    assert runtime.admission.known_free(TASK, worker_request("second")) == version
+    assert runtime.admission.free.known(TASK, worker_request("second")) == version
     redis_server.restart()
     other_route = {**worker_request("x"), "delivery_info": {"exchange": "", "routing_key": "z"}}
-    assert runtime.admission.known_free(TASK, other_route) is None  # another queue
+    assert runtime.admission.free.known(TASK, other_route) is None  # another queue
 
     # And a change of the set (a pause) makes them go through the gate again, and park
     runtime.store.put(PAUSE)
     wait_for(lambda: runtime.manager.version != version, timeout=10)
-    assert runtime.admission.known_free(TASK, worker_request("third")) is None
+    assert runtime.admission.free.known(TASK, worker_request("third")) is None
     assert gate(runtime, task, "third") is None  # parked
 
 
@@ -66,4 +66,4 @@ def test_a_handed_off_task_always_goes_through_the_gate(runtime: Runtime) -> Non
     version = gate(runtime, task, "first")
     handed_off = worker_request("h", **{parking.HANDOFF_POOL_HEADER: "some-pool"})
     assert version is not None
-    assert runtime.admission.known_free(TASK, handed_off) is None  # it gives its slot back
+    assert runtime.admission.free.known(TASK, handed_off) is None  # it gives its slot back

@@ -7,7 +7,7 @@ import pytest
 from cascade_celery.constraints.manager import Decision
 from cascade_celery.constraints.model import Constraint, Scope
 from cascade_celery.pools.parking import Grant
-from cascade_celery.runtime.admission import grant_is_good
+from cascade_celery.runtime.rules import grant_is_good
 
 POOL = "constraint:concurrency:task:t"
 LEASE = 30.0  # seconds: a grant is good for under 15 s

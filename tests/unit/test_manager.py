@@ -443,3 +443,45 @@ def test_evaluate_does_not_mutate_the_tasks_static_requirements(
     manager.evaluate(TaskInfo(name="train", resources=resources))
 
     assert resources == {"resource:gpu": 1}
+
+
+def rate(scope: str, value: str | list[str]) -> Constraint:
+    return Constraint(
+        id=default_id("rate_limit", scope), type="rate_limit", scope=Scope.parse(scope),
+        params={"rate": value},
+    )  # fmt: skip
+
+
+CODE_RATE_POOL = "constraint:rate_limit:task:shop.charge@1s"
+
+
+def test_a_runtime_rate_on_exactly_the_tasks_scope_replaces_its_rate_from_code(
+    manager: ConstraintManager, changes: Recorder
+) -> None:
+    # Given a task declared with rate="10/s" in code
+    task = TaskInfo(name="shop.charge", resources={CODE_RATE_POOL: 1})
+    manager.set_default_capacity(CODE_RATE_POOL, 10)
+    assert manager.evaluate(task).pools == ((CODE_RATE_POOL, 1),)
+
+    # When an operator rates it at 100/m (another window)
+    changes.calls.clear()
+    manager.apply(rate("task:shop.charge", "100/m"))
+
+    # Then only the runtime window holds, and the code window's pool was notified (its
+    # parked tasks are handed off to re-gate)
+    minute = "constraint:rate_limit:task:shop.charge@1m"
+    assert manager.evaluate(task).pools == ((minute, 1),)
+    assert changes.calls == [{minute, CODE_RATE_POOL}]
+
+    # And removing it restores the rate from code
+    manager.remove(default_id("rate_limit", "task:shop.charge"))
+    assert manager.evaluate(task).pools == ((CODE_RATE_POOL, 1),)
+
+
+def test_a_runtime_rate_on_a_glob_adds_to_the_rate_from_code(manager: ConstraintManager) -> None:
+    task = TaskInfo(name="shop.charge", resources={CODE_RATE_POOL: 1})
+    manager.set_default_capacity(CODE_RATE_POOL, 10)
+    manager.apply(rate("task:shop.*", "100/m"))
+    assert dict(manager.evaluate(task).pools) == {
+        CODE_RATE_POOL: 1, "constraint:rate_limit:task:shop.*@1m": 1,
+    }  # fmt: skip

@@ -198,3 +198,30 @@ def test_cascade_info_of_a_handed_off_task_names_its_original_queue() -> None:
     )
 
     assert make_task().cascade_info(request).queue == "payments"
+
+
+@pytest.mark.parametrize(
+    "rate",
+    ["ten/s", "0/s", "10/0s", "10/x", "-1/s", "1.5/s", "", [], ["10/s", "10/s"], 10, True],
+)
+def test_a_bad_rate_is_an_error_naming_the_task(rate: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"task shop\.charge: rate"):
+        make_task(rate=rate)
+
+
+def test_a_rate_in_code_is_a_pool_per_window_with_its_count_as_capacity() -> None:
+    task = make_task(rate=["10/s", "500/h"])
+    pools = {
+        "constraint:rate_limit:task:shop.charge@1s": 10,
+        "constraint:rate_limit:task:shop.charge@1h": 500,
+    }
+    assert task.cascade_defaults() == pools
+    assert task.cascade_requirements() == dict.fromkeys(pools, 1)
+
+
+def test_a_rate_and_a_concurrency_in_code_both_hold() -> None:
+    task = make_task(rate="10/s", concurrency=2)
+    assert task.cascade_requirements() == {
+        "constraint:rate_limit:task:shop.charge@1s": 1,
+        "constraint:concurrency:task:shop.charge": 1,
+    }

@@ -121,9 +121,15 @@ local function window_ms(k)
   return window_ms_of(k.capacity)
 end
 
--- How long a holder made now lasts: a rate pool's window, else the lease ttl.
+-- Added to a rate pool's window: a task's own start stamp, taken a few ms after the gate
+-- admitted it, then never shows N + 1 starts in a period either (constraints/rate.py).
+local RATE_GUARD_MS = 10
+
+-- How long a holder made now lasts: a rate pool's window (and guard), else the lease ttl.
 local function holder_ttl(k, ttl_ms)
-  return window_ms(k) or ttl_ms
+  local window = window_ms(k)
+  if window then return window + RATE_GUARD_MS end
+  return ttl_ms
 end
 
 -- Put a task in line; the first waiter announces that the pool has a line now.
