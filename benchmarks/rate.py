@@ -181,8 +181,16 @@ def burst(c: Cluster, app: Celery, task: str, n: int, seconds: float) -> tuple[l
 # -- the scenario -----------------------------------------------------------------------------
 
 
-def rate(runs: int, n: int = 200, n_two: int = 120, seconds: float = 0.001) -> Result:
-    """Every variant ``runs`` times, interleaved (order flipped every run)."""
+def rate(
+    runs: int,
+    n: int = 200,
+    n_two: int = 120,
+    seconds: float = 0.001,
+    only: Sequence[str] = (),
+    prefetch: int = 1,
+) -> Result:
+    """Every variant (or those in ``only``) ``runs`` times, interleaved (order flipped every
+    run); ``prefetch``: the workers' ``worker_prefetch_multiplier``."""
     single, double = windows_of(RATE), windows_of(TWO_WINDOWS)
     # name: (task, its windows, tasks per burst, cascade's rate on it or None)
     variants: dict[str, tuple[str, Windows, int, str | list[str] | None]] = {
@@ -193,9 +201,15 @@ def rate(runs: int, n: int = 200, n_two: int = 120, seconds: float = 0.001) -> R
         "cascade_two_windows": ("bench.rate_cascade2", double, n_two, TWO_WINDOWS),
         "peer_retry_two_windows": ("bench.rate_peer2", double, n_two, None),
     }
+    if only:
+        variants = {name: variants[name] for name in only}
     measured: dict[str, list[Result]] = {name: [] for name in variants}
     timeline: Result = {}
-    env = {"BENCH_RATE": RATE, "BENCH_PEER_WINDOWS": "20/1;20/1,60/5"}
+    env = {
+        "BENCH_RATE": RATE,
+        "BENCH_PEER_WINDOWS": "20/1;20/1,60/5",
+        "BENCH_PREFETCH": str(prefetch),
+    }
     with cluster(shared=True) as (c, app):
         c.start_workers(2, concurrency=4, app_module="benchmarks.rate_app", env=env)
         api = Cascade.for_app(app)
@@ -225,5 +239,6 @@ def rate(runs: int, n: int = 200, n_two: int = 120, seconds: float = 0.001) -> R
     }
     result["rate"], result["two_windows"] = RATE, TWO_WINDOWS
     result["n"], result["n_two_windows"], result["task_seconds"] = n, n_two, seconds
+    result["workers"], result["prefetch_multiplier"] = "2 prefork x 4", prefetch
     result["timeline_run_0"] = timeline
     return result

@@ -5,7 +5,8 @@ list (one round trip), stamping ``start`` as its body begins. Environment, besid
 benchmarks.app's: ``BENCH_RATE`` (one window, e.g. ``20/s``: Celery's ``rate_limit`` and
 the ``rate=`` task option), ``BENCH_PEER_WINDOWS`` (the peers' windows as
 ``count/seconds`` pairs: ``20/1`` for the single-window peer, ``20/1,60/5`` for the
-two-window one, separated by ``;``).
+two-window one, separated by ``;``), ``BENCH_PREFETCH`` (the workers'
+``worker_prefetch_multiplier``; 1 if unset).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def peer_windows(text: str) -> list[list[tuple[int, float]]]:
 def make_rate_app(env: Mapping[str, str]) -> Celery:
     """benchmarks.app's app with the rate tasks."""
     app = make_app(env)
+    if env.get("BENCH_PREFETCH"):  # benchmarks.app's is 1 (as every benchmark here)
+        app.conf.worker_prefetch_multiplier = int(env["BENCH_PREFETCH"])
     broker, prefix = env["BENCH_BROKER"], env["BENCH_PREFIX"]
     rate = env.get("BENCH_RATE", "20/s")
     windows = peer_windows(env.get("BENCH_PEER_WINDOWS", "20/1;20/1,60/5"))
