@@ -22,7 +22,8 @@ Each task stamps its start (unix time, in its body) on the events list. From the
   first start): p50, p99, and the minimum (negative: earlier than the window allows, as
   the stamps see it).
 - ``retries_per_task`` (the peer's ``self.retry``), ``worker_cpu_ms_per_task`` (CPU of
-  every worker process, main and pool, from ``/proc``, over the burst).
+  every worker process, main and pool, from ``/proc``, over the burst; ``_beyond_idle``:
+  less what the idle workers spend in as long, measured once for 10 s).
 """
 
 from __future__ import annotations
@@ -91,8 +92,11 @@ def max_in_window(starts: Sequence[float], period: float) -> int:
     return max(bisect.bisect_left(starts, s + period) - i for i, s in enumerate(starts))
 
 
-def analyse(events: list[dict[str, Any]], windows: Windows, cpu_s: float) -> Result:
-    """The measurements of one burst from its tasks' own stamps."""
+def analyse(
+    events: list[dict[str, Any]], windows: Windows, cpu_s: float, idle_cpu_s: float
+) -> Result:
+    """The measurements of one burst from its tasks' own stamps; ``idle_cpu_s``: what the
+    idle workers would have spent over the same wall time."""
     starts = sorted(e["start"] for e in events)
     span = starts[-1] - starts[0]
     ideal = ideal_offsets(len(starts), windows)[-1]
@@ -106,6 +110,7 @@ def analyse(events: list[dict[str, Any]], windows: Windows, cpu_s: float) -> Res
         "jitter_min_ms": 1000 * min(lags),
         "retries_per_task": sum(e["retries"] for e in events) / len(events),
         "worker_cpu_ms_per_task": 1000 * cpu_s / len(events),
+        "worker_cpu_ms_per_task_beyond_idle": 1000 * (cpu_s - idle_cpu_s) / len(events),
     }
     for count, period in windows:
         result[f"max_started_in_{period:g}s"] = float(max_in_window(starts, period))
@@ -162,11 +167,14 @@ def sample_pools(
             thread.join()
 
 
-def burst(c: Cluster, app: Celery, task: str, n: int, seconds: float) -> tuple[list[Any], float]:
-    """Publish ``n`` tasks at once; their events once all ran, and the workers' CPU seconds."""
+def burst(
+    c: Cluster, app: Celery, task: str, n: int, seconds: float
+) -> tuple[list[Any], float, float]:
+    """Publish ``n`` tasks at once; their events once all ran, the workers' CPU seconds and
+    the wall seconds it took."""
     client = c.client()
     client.delete(events_key(c.prefix))
-    cpu = _tree_cpu(c)
+    cpu, started = _tree_cpu(c), time.monotonic()
     for seq in range(n):
         app.send_task(task, args=(seq, seconds))
     deadline = time.monotonic() + 300
@@ -174,8 +182,8 @@ def burst(c: Cluster, app: Celery, task: str, n: int, seconds: float) -> tuple[l
         if time.monotonic() > deadline:
             raise TimeoutError(f"benchmark: {task}: {client.llen(events_key(c.prefix))} of {n} ran")
         time.sleep(0.05)
-    cpu = _tree_cpu(c) - cpu
-    return [json.loads(raw) for raw in client.lrange(events_key(c.prefix), 0, -1)], cpu
+    cpu, wall = _tree_cpu(c) - cpu, time.monotonic() - started
+    return [json.loads(raw) for raw in client.lrange(events_key(c.prefix), 0, -1)], cpu, wall
 
 
 # -- the scenario -----------------------------------------------------------------------------
@@ -218,14 +226,17 @@ def rate(
         for task, windows, _, _ in variants.values():  # warm-up: parks and hand-offs too
             burst(c, app, task, windows[0][0] + 10, seconds)
             time.sleep(max(p for _, p in windows) + 0.3)
+        idle = _tree_cpu(c)
+        time.sleep(10)
+        idle_per_s = (_tree_cpu(c) - idle) / 10  # the workers' own upkeep (polls, sweeps)
         for run in range(runs):
             order = list(variants) if run % 2 == 0 else list(reversed(variants))
             for name in order:
                 task, windows, count, spec = variants[name]
                 pools = [rate_pool(f"task:{task}", w) for w in parse_rate(spec)] if spec else []
                 with sample_pools(c.cascade_client(), c.prefix, pools) as samples:
-                    events, cpu = burst(c, app, task, count, seconds)
-                measured[name].append(analyse(events, windows, cpu))
+                    events, cpu, wall = burst(c, app, task, count, seconds)
+                measured[name].append(analyse(events, windows, cpu, idle_per_s * wall))
                 if run == 0:
                     first = min(e["start"] for e in events)
                     timeline[name] = {
@@ -240,5 +251,6 @@ def rate(
     result["rate"], result["two_windows"] = RATE, TWO_WINDOWS
     result["n"], result["n_two_windows"], result["task_seconds"] = n, n_two, seconds
     result["workers"], result["prefetch_multiplier"] = "2 prefork x 4", prefetch
+    result["idle_worker_cpu_ms_per_s"] = 1000 * idle_per_s
     result["timeline_run_0"] = timeline
     return result
