@@ -88,6 +88,10 @@ def rate(timeline: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(timeline)
+    # One time axis for all, as long as the runs that kept near the rate: a run far longer
+    # (Celery's rate_limit here) is cut, and says so.
+    ends = sorted(timeline[name]["starts"][-1] + timeline[name]["windows"][-1][1] for name in names)
+    right = min(ends[-1], 2 * ends[len(ends) // 2]) + 0.5
     fig, axes = plt.subplots(len(names), 1, sharex=True, figsize=(9, 1.9 * len(names) + 0.6))
     for ax, name in zip(axes, names, strict=True):
         data = timeline[name]
@@ -108,8 +112,13 @@ def rate(timeline: dict[str, Any], path: Path) -> None:
             parked.set_ylabel("parked (Redis)", color="tab:orange")
             parked.tick_params(axis="y", colors="tab:orange")
         ax.set_title(name, fontsize=9, loc="left")
+        last = data["starts"][-1]
+        if last > right:
+            ax.text(0.98, 0.25, f"(cut: the last start was at {last:.1f} s)", ha="right",
+                    fontsize=8, transform=ax.transAxes)  # fmt: skip
         ax.set_ylim(0, max(top, max(c for c, _ in windows)) * 1.3)
         ax.legend(loc="upper right", fontsize=7, ncol=2)
+    axes[-1].set_xlim(-0.3, right)
     axes[-1].set_xlabel("seconds after the first start")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
