@@ -7,6 +7,7 @@ once every gating worker process enforces it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import time
@@ -22,6 +23,7 @@ from cascade_celery.errors import REDIS_DOWN, NotApplied, PoolUnavailable
 from cascade_celery.mqtt import protocol
 from cascade_celery.mqtt.publisher import publish_retained
 from cascade_celery.store import ConstraintStore
+from cascade_celery.why import Why, backend_state, explain
 
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9._:-]")
 
@@ -115,6 +117,25 @@ class ConstraintChanges:
         store = self._store()
         with _reaching_redis(self.config):
             return store.version(), store.applied()
+
+    def why(self, task_id: str) -> Why:
+        """Why task ``task_id`` waits, or what it holds: pools, place in line, holders.
+
+        Read from Redis (see ``cascade_celery/why.py``), with the task's state in the
+        result backend when the app has one (``DEFERRED``, ``STARTED``, ``SUCCESS``…).
+        """
+        with _reaching_redis(self.config):
+            found = explain(
+                self._store().client,
+                self.config.redis_prefix,
+                task_id,
+                self.constraints(),
+                lease_seconds=self.config.lease_seconds,
+            )
+        app = getattr(self, "app", None)  # Cascade's; the backend is the app's to ask
+        return dataclasses.replace(
+            found, state=None if app is None else backend_state(app, task_id)
+        )
 
     def pause(
         self,

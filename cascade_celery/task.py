@@ -30,7 +30,7 @@ from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.constraints.rate import parse_rate, rate_pool
 from cascade_celery.errors import ConfigurationError, InvalidConstraint
 from cascade_celery.install import installation
-from cascade_celery.pools.parking import original_route
+from cascade_celery.pools.headers import original_route
 
 _RESOURCE_NAME = re.compile(r"[^\s{}]{1,200}")
 
@@ -91,7 +91,8 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         """Gate an execution the tracer did not gate: return to run it, or park it and
-        end this execution (Ignore)."""
+        end this execution (Ignore). Then (Celery calls this just before the body) count
+        its rate admissions from now."""
         super().before_start(task_id, args, kwargs)
         request = self.request
         if request.called_directly or request.is_eager:
@@ -99,13 +100,13 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
         gated = getattr(request, GATED, None)
         if isinstance(gated, BaseException):
             raise gated  # the tracer's gate failed: Celery handles it here (Reject...)
-        if gated is not None:
-            return
         runtime = installation(self.app).runtime()
-        version = runtime.gate(self, request, self.cascade_info(request), args, kwargs)
-        if version is None:
-            raise Ignore()
-        setattr(request, GATED, version)
+        if gated is None:
+            version = runtime.gate(self, request, self.cascade_info(request), args, kwargs)
+            if version is None:
+                raise Ignore()
+            setattr(request, GATED, version)
+        runtime.started(task_id)  # the body starts: count its rate admissions from now
 
     def cascade_requirements(self) -> dict[str, int]:
         """The pools every run needs, declared in code: ``pool -> units``."""

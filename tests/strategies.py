@@ -23,11 +23,21 @@ JSON_VALUES = st.recursive(
     max_leaves=20,
 )
 
+#: Rates a ``rate_limit`` must reject (and a few it takes), alone or in lists.
+RATE_VALUES = st.one_of(
+    st.sampled_from(["ten/s", "0/s", "10/0s", "10/x", "-1/s", "1.5/s", "10/s ", " 10/s",
+                     "10 /s", "010/s", "10/", "/s", "10", "", "1e3/s", "100001/s", "1/8d",
+                     "10/s", "100/10s"]),
+    st.integers(-2, 10), st.floats(), st.booleans(), st.none(),
+    st.lists(st.sampled_from(["10/s", "500/h", "10/s", "1m", "60s", "bad"]), max_size=9),
+)  # fmt: skip
+
 FIELD_VALUES = st.one_of(
     JSON_VALUES,
-    st.sampled_from(["pause", "concurrency", "rate", "global", "task:shop.*", "queue:q"]),
+    st.sampled_from(["pause", "concurrency", "rate_limit", "global", "task:shop.*", "queue:q"]),
     st.sampled_from(["resource:gpu", "global:x", "task:", "task:a b", "limit-charge"]),
     st.fixed_dictionaries({}, optional={"limit": JSON_VALUES | st.integers(-5, 5)}),
+    st.fixed_dictionaries({}, optional={"rate": RATE_VALUES, "limit": st.integers(0, 3)}),
 )
 
 
@@ -43,7 +53,9 @@ def near_constraints(constraint_id: str) -> st.SearchStrategy[Any]:
         st.fixed_dictionaries(
             {
                 "id": mostly(st.just(constraint_id), FIELD_VALUES),
-                "type": mostly(st.sampled_from(["pause", "concurrency"]), FIELD_VALUES),
+                "type": mostly(
+                    st.sampled_from(["pause", "concurrency", "rate_limit"]), FIELD_VALUES
+                ),
                 "scope": mostly(
                     st.sampled_from(["global", "task:shop.*", "queue:q", "resource:gpu"]),
                     FIELD_VALUES,
@@ -52,6 +64,7 @@ def near_constraints(constraint_id: str) -> st.SearchStrategy[Any]:
             optional={
                 "params": mostly(
                     st.fixed_dictionaries({"limit": mostly(st.integers(-3, 3), JSON_VALUES)})
+                    | st.fixed_dictionaries({"rate": mostly(RATE_VALUES, JSON_VALUES)})
                     | st.just({}),
                     FIELD_VALUES,
                 ),
@@ -86,6 +99,8 @@ def _valid_payloads(constraint_id: str) -> list[bytes]:
             {"id": constraint_id, "type": "pause", "scope": "queue:emails", "expires_at": 1.9e9},
             {"id": constraint_id, "type": "concurrency", "scope": "resource:gpu",
              "params": {"limit": 0}},
+            {"id": constraint_id, "type": "rate_limit", "scope": "task:shop.*",
+             "params": {"rate": ["10/s", "500/h"]}},
         )
     ]  # fmt: skip
 

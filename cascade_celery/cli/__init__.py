@@ -11,7 +11,9 @@ from __future__ import annotations
 import click
 
 from cascade_celery.cli.changes import limit, pause, rate, resume, unlimit, unrate
+from cascade_celery.cli.exporter import exporter
 from cascade_celery.cli.views import constraints, status
+from cascade_celery.cli.why import why
 
 __all__ = ["cascade"]
 
@@ -25,5 +27,5 @@ def cascade() -> None:
     """
 
 
-for _command in (pause, resume, limit, unlimit, rate, unrate, constraints, status):
+for _command in (pause, resume, limit, unlimit, rate, unrate, constraints, status, why, exporter):
     cascade.add_command(_command)

@@ -144,13 +144,24 @@ def _pools_table(pools: Sequence[PoolStatus]) -> str:
             oldest = format_duration(pool.oldest_wait_seconds)
         rows.append([
             pool.name,
-            "unlimited" if pool.capacity is None else str(pool.capacity),
+            _capacity(pool),
             str(pool.running),
             str(pool.parked),
             oldest,
             ", ".join(governing) or "-",
         ])  # fmt: skip
     return _table(["POOL", "CAPACITY", "RUNNING", "PARKED", "OLDEST WAIT", "GOVERNED BY"], rows)
+
+
+def _capacity(pool: PoolStatus) -> str:
+    """A limit's slots, or a rate's admissions per period and when it next admits."""
+    if pool.capacity is None:
+        return "unlimited"
+    if pool.window_seconds is None:
+        return str(pool.capacity)
+    rate = f"{pool.capacity} per {format_duration(pool.window_seconds)}"
+    wait = pool.next_admission_in_seconds
+    return rate if not wait else f"{rate}, next in {format_duration(wait)}"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

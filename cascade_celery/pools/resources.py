@@ -206,6 +206,14 @@ class ResourceManager:
         )
         return [names[index] for index in lost]
 
+    def restamp(self, lease: Lease) -> int:
+        """Count the lease's admissions in rate pools from now (its task starts now)."""
+        names = [name for name, _ in lease.pools if is_rate_pool(name)]
+        if not names:
+            return 0
+        holders = [pool_keys(self.prefix, name).holders for name in names]
+        return self._scripts.restamp(holders, member=lease.member)
+
     def update_resource(
         self, pool: str, capacity: int | None
     ) -> tuple[int, tuple[PoolHandoff, ...]]:

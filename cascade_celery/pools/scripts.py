@@ -28,7 +28,8 @@ def load_lua(name: str) -> str:
     return _INCLUDE.sub(lambda match: load_lua(match.group(1)), source)
 
 
-SCRIPT_NAMES = ("acquire", "claim", "confirm", "park", "release", "renew", "set_capacity")
+SCRIPT_NAMES = ("acquire", "claim", "confirm", "park", "release", "renew", "restamp",
+                "set_capacity")  # fmt: skip
 SOURCES = {name: load_lua(name) for name in SCRIPT_NAMES}
 
 
@@ -195,6 +196,10 @@ class Scripts:
         """Extend the lease; return the 0-based indices of the pools where it was lost."""
         reply = self._scripts["renew"](keys=list(holders), args=[member, _ms(lease_seconds)])
         return [int(index) - 1 for index in reply]
+
+    def restamp(self, holders: Sequence[str], *, member: str) -> int:
+        """Re-time the lease's admissions in these rate pools to now; return how many."""
+        return int(self._scripts["restamp"](keys=list(holders), args=[member]))
 
     def set_capacity(
         self, pool: PoolKeys, capacity: int | None, *, lease_seconds: float, max_handoffs: int

@@ -22,6 +22,7 @@ from cascade_celery.constraints.manager import ConstraintManager, Decision
 from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.errors import REDIS_DOWN
 from cascade_celery.pools import parking
+from cascade_celery.pools.headers import grant_of, handed_off_from
 from cascade_celery.pools.resources import Lease, ResourceManager, is_rate_pool, lease_member
 from cascade_celery.runtime import probe
 from cascade_celery.runtime.clock import RedisClock
@@ -72,6 +73,24 @@ class Admission:
         self.retry_max_delay = retry_max_delay
         #: Tasks known to need no pool: their executions skip the gate.
         self.free = FreeTasks(manager)
+        #: Admissions in rate pools of executions not started yet, by (task id, thread).
+        self._rated: dict[tuple[str, int], Lease] = {}
+
+    def forget_start(self, task_id: str) -> None:
+        """The execution of ``task_id`` in this thread ended (or never started)."""
+        self._rated.pop((task_id, threading.get_ident()), None)
+
+    def restamp(self, task_id: str) -> None:
+        """The execution of ``task_id`` in this thread starts now: count its rate
+        admissions from now (the gate admitted it moments, or under load tens of ms,
+        ago). Best effort: if Redis is down they count from the gate."""
+        lease = self._rated.pop((task_id, threading.get_ident()), None)
+        if lease is None:
+            return
+        try:
+            self.resources.restamp(lease)
+        except redis.exceptions.RedisError as exc:
+            logger.warning("cascade: could not re-time %s's rate admission (%s)", task_id, exc)
 
     def gate(self, task: Task, request: Any, info: TaskInfo, args: Any, kwargs: Any) -> int | None:
         """Admit an execution of ``task`` (``request``: its Context) or park it.
@@ -82,7 +101,7 @@ class Admission:
         """
         task_id = request.id
         key = (task_id, threading.get_ident())
-        reserved_in = parking.handed_off_from(request)
+        reserved_in = handed_off_from(request)
         try:
             self.ensure_ready()
             for _ in range(_ATTEMPTS):
@@ -164,6 +183,8 @@ class Admission:
         self.handoffs.publish(result.handoffs)
         if result.lease is not None:
             self.contention.note(pools, result.lease.contended, asked, time.monotonic())
+            if any(is_rate_pool(name) for name, _ in result.lease.pools):
+                self._rated[task_id, threading.get_ident()] = result.lease
             lease = releasable(result.lease)
             if lease is not None:
                 held = Held(lease, capacities_of(decision), asked, epoch)
@@ -202,7 +223,7 @@ class Admission:
         trip, while it surely still holds it (:func:`grant_is_good`). The keeper then
         claims the reservation as the task's lease (claim.lua); until it has, a release
         releases the reservation."""
-        grant = parking.grant_of(request)
+        grant = grant_of(request)
         age_ms = None if grant is None else self.clock.age_ms(grant.at_ms)
         if not grant_is_good(grant, age_ms, pool, decision, self.lease_seconds):
             return False

@@ -136,8 +136,13 @@ class Runtime:
         """Admit or park an execution (see :meth:`Admission.gate`)."""
         return self.admission.gate(task, request, info, args, kwargs)
 
+    def started(self, task_id: str) -> None:
+        """The admitted execution of ``task_id`` in this thread starts its body now."""
+        self.admission.restamp(task_id)
+
     def release(self, task_id: str) -> None:
         """Give back the lease of a task that ended (any state) in this thread."""
+        self.admission.forget_start(task_id)
         self.leases.release(task_id)
 
     def reload(self) -> None:

@@ -50,8 +50,8 @@ class RateTimers:
             at = max(at, now + _EARLY_RETRY)
         with self._changed:
             armed = self._armed.get(pool)
-            if armed is not None and armed <= due_ms and armed not in (self._fired.get(pool),):
-                return  # an earlier (or the same) due is armed already: it re-arms after
+            if armed is not None and armed <= due_ms:
+                return  # an earlier (or the same) due is armed: its sweep arms the next
             self._armed[pool] = due_ms
             heapq.heappush(self._heap, (at, pool, due_ms))
             if self._heap[0][2] == due_ms and self._heap[0][1] == pool:

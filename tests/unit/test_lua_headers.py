@@ -118,7 +118,7 @@ class RecordingScript:
 
     def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
         self.calls[self.name] = {"keys": keys, "args": args}
-        return {"renew": [], "confirm": 0}.get(self.name, [1, 0])
+        return {"renew": [], "confirm": 0, "restamp": 0}.get(self.name, [1, 0])
 
 
 class RecordingClient:
@@ -150,6 +150,7 @@ def test_wrappers_pass_as_many_argv_as_each_header_documents_for_one_pool() -> N
     scripts.renew([pool.holders], member="t:t:1", lease_seconds=1.0)
     scripts.set_capacity(pool, 3, lease_seconds=1.0, max_handoffs=5)
     scripts.claim(pool, task_id="t", member="t:t:1")
+    scripts.restamp([pool.holders], member="t:t:1")
 
     # Then each passes exactly the ARGV its header lists
     assert set(client.calls) == set(SCRIPT_NAMES)

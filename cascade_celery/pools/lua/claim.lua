@@ -5,7 +5,7 @@
 
   The lease keeps the reservation's expiry and units; the reservation's bookkeeping
   (arrival position, parking time) goes. In a rate pool the lease expires one window
-  after now instead (the task started before now, never before its reservation), and
+  (and its guard) after now instead (the task started before now, never before its reservation), and
   the pool's due is announced (includes/pool.lua).
 
   Clock: Redis TIME, in a rate pool only.
@@ -28,7 +28,7 @@ local k = pool_keys(1)
 local expiry = redis.call('ZSCORE', k.holders, 'r:' .. task_id)
 if not expiry then return 0 end
 local window = window_ms(k)
-if window then expiry = now_ms() + window end
+if window then expiry = now_ms() + holder_ttl(k, 0) end
 claim_reservation(k, task_id, lease_member, expiry)
 announce_dues(1, {})
 return 1

@@ -35,7 +35,7 @@ for i = 1, #KEYS / POOL_KEYS do
   if release_lease(k, lease_member) then
     out[1] = out[1] + 1
   elseif unclaimed and window_ms(k) then
-    if claim_reservation(k, unclaimed, lease_member, now + window_ms(k)) then
+    if claim_reservation(k, unclaimed, lease_member, now + holder_ttl(k, 0)) then
       out[1] = out[1] + 1
     end
   elseif unclaimed then

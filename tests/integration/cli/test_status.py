@@ -37,6 +37,8 @@ def test_status_shows_a_new_limit_with_its_capacity(env: dict[str, str]) -> None
         "oldest_wait_seconds": None,
         "governed_by": ["concurrency-queue:emails"],
         "default_capacity": None,
+        "window_seconds": None,
+        "next_admission_in_seconds": None,
     }
     assert [c["id"] for c in document["constraints"]] == ["concurrency-queue:emails"]
     table = ok(env, "status")
@@ -99,6 +101,28 @@ def test_status_shows_running_units_parked_tasks_and_the_oldest_wait(
     table = ok(env, "status")
     assert re.search(
         rf"^{pool}\s+1\s+1\s+2\s+\d+\.\ds\s+concurrency-queue:emails$", table, re.MULTILINE
+    ), table
+
+
+def test_status_shows_a_rate_its_admissions_in_the_window_and_when_it_admits_next(
+    env: dict[str, str], redis_server: RedisServer, unique_prefix: str
+) -> None:
+    # Given 2/m, both admissions of the window used and a task waiting
+    ok(env, "rate", "queue:emails", "2/m")
+    pool = "constraint:rate_limit:queue:emails@1m"
+    resources = ResourceManager(redis_server.client(), prefix=unique_prefix, lease_seconds=30)
+    for task_id in ("a", "b"):
+        assert resources.try_acquire(task_id, [(pool, 1)], {pool: 2}).lease is not None
+    assert resources.park("waiting", pool, 1, 2, b"{}")[0]
+
+    # Then status shows the rate, the window's admissions, the line and the next admission
+    status = pool_of(json.loads(ok(env, "status", "--json")), pool)
+    assert (status["capacity"], status["window_seconds"]) == (2, 60.0)
+    assert (status["running"], status["parked"]) == (2, 1)
+    assert 0 < status["next_admission_in_seconds"] <= 60.01
+    table = ok(env, "status")
+    assert re.search(
+        rf"^{re.escape(pool)}\s+2 per 1m, next in (\d+s|1m)\s+2\s+1\s+", table, re.MULTILINE
     ), table
 
 

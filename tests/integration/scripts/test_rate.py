@@ -220,3 +220,27 @@ def test_a_claimed_or_released_reservation_counts_from_then(
     assert expiries[leases[0].member] > reserved["r:w1"]
     assert expiries[leases[1].member] > reserved["r:w2"]
     assert pools.used(pool) == 2
+
+
+def test_a_restamp_counts_the_admission_from_the_tasks_start_and_never_earlier(
+    pools: Pools, rm: ResourceManager, wait_for: Callable[..., Any]
+) -> None:
+    # Given an admission at A, and a task that starts its body later
+    lease = hold(rm, "t1", {RATE: 2, CONCURRENCY: 2})
+    admitted = pools.expiries(RATE)[lease.member]
+    wait_past(pools, wait_for, admitted - WINDOW_MS + 5)
+
+    # When it is re-timed as the body starts
+    assert rm.restamp(lease) == 1
+
+    # Then it counts from now in the rate pool only, later than from the gate
+    assert pools.expiries(RATE)[lease.member] > admitted
+    assert pools.expiries(RATE)[lease.member] >= pools.now_ms() + WINDOW_MS - 5
+
+
+def test_a_restamp_leaves_an_admission_whose_window_has_passed(
+    pools: Pools, rm: ResourceManager, wait_for: Callable[..., Any]
+) -> None:
+    lease = hold(rm, "t1", {RATE: 2})
+    wait_past(pools, wait_for, pools.expiries(RATE)[lease.member] + 1)
+    assert rm.restamp(lease) == 0

@@ -1,0 +1,270 @@
+"""Why a task waits, or what it holds: its place in each pool's line, read from Redis.
+
+Read-only, in a few pipelined round trips whatever the number of pools: the catalog
+(``status.read_catalog``); then, per pool, the task's place in line, its reservation
+and its leases (``ZSCAN`` of the holders for ``t:<task id>:*``; one more round trip per
+:data:`SCAN_COUNT` holders of the largest pool); then the pools it is found in: their
+counters, first holders and rate due; then those holders' units.
+
+Every time is measured on Redis's clock, the one the Lua scripts stamp with, and given
+relative to it (seconds), so the reader's own clock never skews it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from celery.backends.base import DisabledBackend
+
+from cascade_celery.constraints.model import Constraint
+from cascade_celery.constraints.rate import RATE_GUARD_MS, window_of_pool
+from cascade_celery.pools.keys import pool_keys
+from cascade_celery.status import PoolCatalog, read_catalog
+from cascade_celery.text import text
+
+#: The most holders listed per pool (the earliest to expire first).
+HOLDERS_SHOWN = 10
+#: Holders one ZSCAN step reads while looking for the task's own leases.
+SCAN_COUNT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """One hold on a pool's units (a member of its ``holders`` ZSET)."""
+
+    task_id: str
+    #: ``running`` (a task's lease, ``t:<id>:<token>``), ``reserved`` (``r:<id>``: handed
+    #: off, not started yet) or, in a rate pool, ``admitted`` (an admission the window
+    #: still counts, whether or not the task still runs).
+    kind: str
+    units: int
+    #: Seconds until the hold ends unless renewed (a running lease is renewed while its
+    #: task runs; rate admissions and reservations are not).
+    expires_in_seconds: float
+    #: Seconds since the hold began, where the keys tell it: a rate admission (its
+    #: expiry minus the window, exact), a reservation (its expiry minus the lease,
+    #: assuming the workers' ``cascade_lease_seconds`` is this app's). None for a
+    #: running lease: its expiry only says when it was last renewed.
+    age_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    """A pool the task waits in or holds units of, as it is now."""
+
+    name: str
+    #: Units the pool may hand out (None: unlimited), as a worker computes it.
+    capacity: int | None
+    #: Units held, by running tasks, reservations and (rate pools) admissions.
+    used: int
+    #: The active constraints setting the capacity.
+    constraints: tuple[Constraint, ...]
+    #: The capacity declared in code (task options), if any.
+    default_capacity: int | None
+    #: The task's place in line (1: next); None if it does not wait here.
+    position: int | None
+    #: Tasks in line.
+    waiting: int
+    #: Seconds since the task parked here (None: not parked here, or not recorded).
+    waited_seconds: float | None
+    #: The task's own hold, if it has one here.
+    held: Holder | None
+    #: The first :data:`HOLDERS_SHOWN` holders, earliest to expire first.
+    holders: tuple[Holder, ...]
+    holder_count: int
+    #: Rate pools: seconds until the earliest admission leaves the window (room for one
+    #: more then), and until the due time the scripts last announced (units ``due``).
+    next_due_in_seconds: float | None = None
+    announced_due_in_seconds: float | None = None
+
+    @property
+    def is_rate_pool(self) -> bool:
+        """Whether the pool counts admissions in a window (``…@<period>``)."""
+        return window_of_pool(self.name) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Why:
+    """What cascade knows of one task now (:meth:`Cascade.why`)."""
+
+    task_id: str
+    #: The pools the task waits in or holds units of.
+    pools: tuple[PoolView, ...]
+    #: Its state in the result backend (``DEFERRED``, ``STARTED``, ``SUCCESS``,
+    #: ``PENDING`` for an id the backend does not know…); None without a backend.
+    state: str | None = None
+
+    @property
+    def parked_in(self) -> tuple[PoolView, ...]:
+        """The pools whose line the task is in."""
+        return tuple(pool for pool in self.pools if pool.position is not None)
+
+    @property
+    def holding(self) -> tuple[PoolView, ...]:
+        """The pools the task holds units of (a lease, a reservation, an admission)."""
+        return tuple(pool for pool in self.pools if pool.held is not None)
+
+    @property
+    def verdict(self) -> str:
+        """``parked``; ``running`` (a lease), ``reserved`` (handed off, not started) or
+        ``admitted`` (only rate admissions: it may have finished); else ``unknown``."""
+        if self.parked_in:
+            return "parked"
+        kinds = {pool.held.kind for pool in self.holding if pool.held is not None}
+        for kind in ("running", "reserved", "admitted"):
+            if kind in kinds:
+                return kind
+        return "unknown"
+
+
+def explain(
+    client: redis.Redis,
+    prefix: str,
+    task_id: str,
+    constraints: Sequence[Constraint],
+    *,
+    lease_seconds: float,
+) -> Why:
+    """Where ``task_id`` waits and what it holds, in every pool under ``prefix``.
+
+    ``constraints`` are the active ones; ``lease_seconds`` dates reservations. The
+    result backend's state is the caller's to add. Raises redis-py's errors.
+    """
+    catalog = read_catalog(client, prefix, constraints)
+    found = _find(client, prefix, task_id, catalog.names)
+    return Why(task_id, _views(client, prefix, task_id, catalog, found, lease_seconds))
+
+
+def backend_state(app: Celery, task_id: str) -> str | None:
+    """The task's state in ``app``'s result backend (``PENDING`` if unknown); None without one."""
+    if isinstance(app.backend, DisabledBackend):
+        return None
+    return str(app.AsyncResult(task_id).state)
+
+
+# What _find learns of the task in one pool: its rank in line, its own holder members.
+_Found = dict[str, tuple[int | None, list[str]]]
+
+
+def _find(client: redis.Redis, prefix: str, task_id: str, names: Sequence[str]) -> _Found:
+    """The pools the task waits in or holds units of: rank in line, own holder members."""
+    reservation, pattern = f"r:{task_id}", f"t:{task_id}:*"
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            keys = pool_keys(prefix, name)
+            pipe.zrank(keys.waiters, task_id)
+            pipe.zscore(keys.holders, reservation)
+            pipe.zscan(keys.holders, 0, match=pattern, count=SCAN_COUNT)
+        replies = pipe.execute()
+    found: _Found = {}
+    scans: dict[str, int] = {}
+    for i, name in enumerate(names):
+        rank, reserved, (cursor, leases) = replies[3 * i : 3 * i + 3]
+        members = [text(member) for member, _ in leases]
+        if reserved is not None:
+            members.insert(0, reservation)
+        found[name] = (rank, members)
+        if cursor:
+            scans[name] = int(cursor)
+    while scans:  # holders too many for one step (a busy rate pool): scan on, pipelined
+        with client.pipeline(transaction=False) as pipe:
+            for name, cursor in scans.items():
+                pipe.zscan(pool_keys(prefix, name).holders, cursor, match=pattern, count=SCAN_COUNT)
+            steps = dict(zip(scans, pipe.execute(), strict=True))
+        scans = {}
+        for name, (cursor, leases) in steps.items():
+            found[name][1].extend(text(member) for member, _ in leases)
+            if cursor:
+                scans[name] = int(cursor)
+    return {name: (rank, members) for name, (rank, members) in found.items()
+            if rank is not None or members}  # fmt: skip
+
+
+def _views(
+    client: redis.Redis,
+    prefix: str,
+    task_id: str,
+    catalog: PoolCatalog,
+    found: _Found,
+    lease_seconds: float,
+) -> tuple[PoolView, ...]:
+    names = list(found)
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            keys = pool_keys(prefix, name)
+            pipe.get(keys.used)
+            pipe.zcard(keys.waiters)
+            pipe.zrange(keys.holders, 0, HOLDERS_SHOWN - 1, withscores=True)
+            pipe.zcard(keys.holders)
+            pipe.hmget(keys.units, [f"a:{task_id}", "due"])
+            pipe.zscore(keys.holders, (found[name][1] or [""])[0])  # its own hold, if any
+        replies = pipe.execute()
+    per_pool = [replies[6 * i : 6 * i + 6] for i in range(len(names))]
+    with client.pipeline(transaction=False) as pipe:
+        for name, (_, _, first, _, _, _) in zip(names, per_pool, strict=True):
+            members = [text(m) for m, _ in first] + found[name][1][:1]
+            pipe.hmget(pool_keys(prefix, name).units, members or ["-"])
+        units = pipe.execute()
+
+    now_ms, views = catalog.now_ms, []
+    for name, reply, unit_list in zip(names, per_pool, units, strict=True):
+        used, waiting, first, holder_count, (parked_at, due), own_score = reply
+        rank, own = found[name]
+        window_ms = window_of_pool(name)
+        hold = _Holding(now_ms, window_ms, lease_seconds)
+        holders = tuple(
+            hold.holder(text(m), score, u) for (m, score), u in zip(first, unit_list, strict=False)
+        )
+        held = None
+        if own and own_score is not None:
+            held = hold.holder(own[0], float(own_score), unit_list[len(first)])
+        next_due = None
+        if window_ms is not None and first:
+            next_due = max(0.0, (first[0][1] - now_ms) / 1000)
+        views.append(PoolView(
+            name=name,
+            capacity=catalog.capacity_of(name),
+            used=int(used or 0),
+            constraints=catalog.governed.get(name, ()),
+            default_capacity=catalog.defaults.get(name),
+            position=None if rank is None else rank + 1,
+            waiting=int(waiting),
+            waited_seconds=None if parked_at is None else max(0.0, (now_ms - int(parked_at)) / 1e3),
+            held=held,
+            holders=holders,
+            holder_count=int(holder_count),
+            next_due_in_seconds=next_due,
+            announced_due_in_seconds=None if due is None else (int(due) - now_ms) / 1000,
+        ))  # fmt: skip
+    return tuple(views)
+
+
+@dataclass(frozen=True, slots=True)
+class _Holding:
+    """Turns holder members and scores into :class:`Holder`s, at one reading of the clock."""
+
+    now_ms: int
+    window_ms: int | None
+    lease_seconds: float
+
+    def holder(self, member: str, score: float, units: bytes | str | None) -> Holder:
+        """The holder ``member`` (score: expiry ms) holding ``units`` (None: 1)."""
+        kind, _, rest = member.partition(":")
+        task_id = rest.rpartition(":")[0] if kind == "t" else rest
+        if self.window_ms is not None:
+            kind = "reserved" if kind == "r" else "admitted"
+            began = score - self.window_ms - RATE_GUARD_MS
+        elif kind == "r":
+            kind, began = "reserved", score - self.lease_seconds * 1000
+        else:
+            kind, began = "running", None
+        return Holder(
+            task_id=task_id,
+            kind=kind,
+            units=1 if units is None else int(units),
+            expires_in_seconds=max(0.0, (score - self.now_ms) / 1000),
+            age_seconds=None if began is None else max(0.0, (self.now_ms - began) / 1000),
+        )

@@ -1,0 +1,102 @@
+"""``cascade exporter``: a real exporter process scraped over HTTP, against Redis's state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from cascade_celery import Cascade
+from cascade_celery.pools.resources import ResourceManager
+from cascade_celery.status import read_status
+from tests.harness.redis_server import RedisServer
+from tests.integration.ops.conftest import exporter, pool_sample, scrape
+
+EMAILS = "constraint:concurrency:queue:emails"
+SMS = "constraint:concurrency:queue:sms"
+
+
+@pytest.fixture
+def resources(redis_server: RedisServer, unique_prefix: str) -> ResourceManager:
+    return ResourceManager(redis_server.client(), prefix=unique_prefix, lease_seconds=30)
+
+
+def fill(api: Cascade, resources: ResourceManager, scope: str, pool: str, parked: int) -> None:
+    """A limit of 1 on ``scope``, held, with ``parked`` tasks in line."""
+    api.limit(scope, 1)
+    assert resources.try_acquire(f"{scope}-running", [(pool, 1)], {pool: 1}).lease is not None
+    for n in range(parked):
+        assert resources.park(f"{scope}-{n}", pool, 1, 1, b"{}")[0]
+
+
+def test_the_metrics_match_what_redis_holds(
+    env: dict[str, str], app: Celery, resources: ResourceManager, tmp_path: Path,
+    redis_server: RedisServer, unique_prefix: str,
+) -> None:  # fmt: skip
+    # Given two limited pools with lines, a pause, and two processes reporting
+    api = Cascade.for_app(app)
+    fill(api, resources, "queue:emails", EMAILS, 2)
+    fill(api, resources, "queue:sms", SMS, 1)
+    api.pause("queue:later")
+    store = api._store()
+    store.report_applied("host-a:1", store.version(), ttl=60)
+    store.report_applied("host-b:2", 0, ttl=60)
+
+    with exporter("tests.apps.cli_app", env, log=tmp_path / "exporter.log") as port:
+        samples = scrape(port)
+
+    # Then every pool's gauges are what read_status reads from Redis
+    pools = read_status(redis_server.client(), unique_prefix, api.constraints())
+    for pool in (p for p in pools if not p.is_idle):
+        assert pool_sample(samples, "cascade_pool_capacity_units", pool.name) == pool.capacity
+        assert pool_sample(samples, "cascade_pool_running_units", pool.name) == pool.running
+        assert pool_sample(samples, "cascade_pool_parked_tasks", pool.name) == pool.parked
+    assert pool_sample(samples, "cascade_pool_parked_tasks", EMAILS) == 2
+    assert pool_sample(samples, "cascade_pool_running_units", SMS) == 1
+    assert pool_sample(samples, "cascade_pool_oldest_wait_seconds", EMAILS) is not None
+    assert (
+        pool_sample(samples, "cascade_pool_oldest_wait_seconds", "constraint:pause:queue:later")
+        is None
+    )
+    assert samples[("cascade_constraints", (("type", "concurrency"),))] == 2
+    assert samples[("cascade_constraints", (("type", "pause"),))] == 1
+    assert samples[("cascade_constraints", (("type", "rate_limit"),))] == 0
+    assert samples[("cascade_constraints_version", ())] == store.version()
+    assert samples[("cascade_worker_processes", ())] == 2
+    assert samples[("cascade_worker_processes_behind", ())] == 1
+    assert samples[("cascade_pools_folded", ())] == 0
+    assert samples[("cascade_up", ())] == 1
+
+
+def test_pools_beyond_max_pools_are_summed_as_other(
+    env: dict[str, str], app: Celery, resources: ResourceManager, tmp_path: Path
+) -> None:
+    api = Cascade.for_app(app)
+    fill(api, resources, "queue:emails", EMAILS, 2)
+    fill(api, resources, "queue:sms", SMS, 1)
+    api.limit("queue:idle", 4)
+
+    log = tmp_path / "exporter.log"
+    with exporter("tests.apps.cli_app", env, "--max-pools", "1", log=log) as port:
+        samples = scrape(port)
+
+    pools = {
+        dict(labels)["pool"] for (name, labels) in samples if name == "cascade_pool_parked_tasks"
+    }
+    assert pools == {EMAILS, "_other"}  # the longest line keeps its label
+    assert pool_sample(samples, "cascade_pool_parked_tasks", "_other") == 1
+    assert pool_sample(samples, "cascade_pool_running_units", "_other") == 1
+    assert pool_sample(samples, "cascade_pool_capacity_units", "_other") is None
+    assert samples[("cascade_pools_folded", ())] == 2
+
+
+def test_an_unreachable_redis_reads_as_down(
+    env: dict[str, str], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with exporter("tests.apps.cli_app", env, log=tmp_path / "exporter.log") as port:
+        assert scrape(port)[("cascade_up", ())] == 1
+        redis_server.kill()
+        samples = scrape(port)
+
+    assert samples == {("cascade_up", ()): 0}
