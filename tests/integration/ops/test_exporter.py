@@ -12,7 +12,7 @@ from cascade_celery.exporter.stats import WAIT_BUCKETS_MS
 from cascade_celery.pools.resources import Lease, ResourceManager
 from cascade_celery.status import read_status
 from tests.harness.redis_server import RedisServer
-from tests.integration.ops.conftest import Samples, exporter, pool_sample, scrape
+from tests.integration.ops.conftest import buckets, exporter, kinds, pool_sample, scrape
 
 EMAILS = "constraint:concurrency:queue:emails"
 SMS = "constraint:concurrency:queue:sms"
@@ -104,24 +104,6 @@ def test_an_unreachable_redis_reads_as_down(
         samples = scrape(port)
 
     assert samples == {("cascade_up", ()): 0}
-
-
-def kinds(samples: Samples, metric: str, pool: str) -> dict[str, float]:
-    """The samples of a counter with a ``kind`` label, for ``pool``, by kind."""
-    return {
-        dict(labels)["kind"]: value
-        for (name, labels), value in samples.items()
-        if name == metric and dict(labels)["pool"] == pool
-    }
-
-
-def buckets(samples: Samples, metric: str, pool: str) -> list[tuple[float, float]]:
-    """A histogram's cumulative (le, count) buckets for ``pool``, by le."""
-    return sorted(
-        (float(dict(labels)["le"]), value)
-        for (name, labels), value in samples.items()
-        if name == f"{metric}_bucket" and dict(labels)["pool"] == pool
-    )
 
 
 def test_the_counters_and_histograms_count_what_the_scripts_did(
