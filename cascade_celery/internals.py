@@ -5,6 +5,8 @@
   GatedTask wraps it to gate before Celery's trace (task.py).
 - ``celery.app.trace.trace_ok_t``: what a tracer returns; a parked execution returns
   the one Celery's trace returns for ``Ignore``.
+- ``Request.request_dict`` in the worker's main process: the dict the pool hands each
+  execution (``task_received`` may add to it); cascade notes when the message arrived.
 - kombu's Redis ``Channel``: ``prepare_message``, ``_inplace_augment_message``,
   ``_get_message_priority``, ``_q_for_pri``, ``global_keyprefix`` build the envelope and
   list key a publish would push (direct hand-offs); ``_create_client`` gives the broker's
@@ -55,6 +57,22 @@ def ignored_result() -> Any:
             info = trace.TraceInfo(states.IGNORED, exc)
             _IGNORED.append(trace.trace_ok_t(ExceptionInfo(internal=True), info, None, None))
     return _IGNORED[0]
+
+
+#: The request key holding when the worker's consumer received the message (Unix time).
+RECEIVED_AT = "cascade_received_at"
+
+
+def note_received(request: Any, at: float) -> None:
+    """In the worker's main process (``task_received``): tell the execution of ``request``
+    (a worker Request) when its message arrived, for its place in a line."""
+    request.request_dict[RECEIVED_AT] = at
+
+
+def received_at(request: Any) -> float | None:
+    """When the worker received the message of an execution (its Context), if noted."""
+    at = getattr(request, RECEIVED_AT, None)
+    return at if isinstance(at, float) else None
 
 
 def supports_direct(channel: Any) -> bool:
@@ -119,4 +137,8 @@ def missing() -> list[str]:
         gone.append("celery.app.trace.TraceInfo")
     if "__trace__" not in vars(Task) or "task.__trace__" not in inspect.getsource(trace):
         gone.append("celery Task.__trace__ (the tracer the worker runs)")
+    from celery.worker.request import Request
+
+    if not isinstance(getattr(Request, "request_dict", None), property):
+        gone.append("celery Request.request_dict (what the pool hands an execution)")
     return gone

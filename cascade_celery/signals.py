@@ -7,10 +7,12 @@ here must not stop a worker. What each does when Redis is down is written beside
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import current_app, signals
 
+from cascade_celery import internals
 from cascade_celery.cascade import Cascade
 from cascade_celery.errors import ConfigurationError
 from cascade_celery.install import installed
@@ -31,6 +33,13 @@ def release_slots(sender: Any = None, task_id: str | None = None, **_: Any) -> N
     runtime = installation.current_runtime()
     if runtime is not None:
         runtime.release(task_id)
+
+
+def note_arrival(request: Any = None, **_: Any) -> None:
+    """In the worker's main process, as a message is received: note when, so a task that
+    parks takes its place in line by arrival, not by which process got to Redis first."""
+    if request is not None and isinstance(getattr(request, "task", None), GatedTask):
+        internals.note_received(request, time.time())
 
 
 def start_child_runtime(**_: Any) -> None:
@@ -88,6 +97,7 @@ def stop_runtime(**_: Any) -> None:
 
 
 signals.task_postrun.connect(release_slots, weak=False)
+signals.task_received.connect(note_arrival, weak=False)
 signals.worker_process_init.connect(start_child_runtime, weak=False)
 signals.worker_init.connect(start_worker_node, weak=False)
 signals.worker_process_shutdown.connect(stop_runtime, weak=False)

@@ -30,7 +30,7 @@ from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.constraints.rate import parse_rate, rate_pool
 from cascade_celery.errors import ConfigurationError, InvalidConstraint
 from cascade_celery.install import installation
-from cascade_celery.pools.parking import original_route
+from cascade_celery.pools.headers import original_route
 
 _RESOURCE_NAME = re.compile(r"[^\s{}]{1,200}")
 

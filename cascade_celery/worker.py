@@ -13,7 +13,7 @@ from celery import bootsteps
 from kombu.common import ignore_errors
 
 from cascade_celery.install import installation
-from cascade_celery.pools.parking import handoff_entity, handoff_queue, is_handoff_queue
+from cascade_celery.pools.headers import handoff_entity, handoff_queue, is_handoff_queue
 
 
 class HandoffQueues(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped

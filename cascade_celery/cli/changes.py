@@ -70,9 +70,7 @@ def pause(
         constraint = cascade_of(ctx).pause(
             str(scope), seconds=duration, constraint_id=constraint_id
         )
-    span, until = _lasting(constraint, duration)
-    confirm(ctx, f"paused {scope}{span or ' until resumed'} (id {constraint.id}{until})")
-    _await(ctx, constraint.id, constraint, wait)
+    _applied(ctx, constraint, duration, wait, f"paused {scope}", forever=" until resumed")
 
 
 @click.command(cls=CeleryCommand, epilog=SCOPE_HELP)
@@ -82,10 +80,7 @@ def pause(
 @click.pass_context
 def resume(ctx: click.Context, scope: Scope, constraint_id: str | None, wait: float | None) -> None:
     """End the pause of SCOPE: its parked tasks start again, in arrival order."""
-    cid = constraint_id or default_id("pause", str(scope))
-    removed = _remove(ctx, "pause", scope, cid)
-    confirm(ctx, f"resumed {scope} (id {cid}{'' if removed else '; it was not paused'})")
-    _await(ctx, cid, None, wait)
+    _removed(ctx, "pause", scope, constraint_id, wait, "resumed", "it was not paused")
 
 
 # Negative numbers must reach the limit check (for its message) instead of reading as options.
@@ -111,9 +106,7 @@ def limit(
         constraint = cascade_of(ctx).limit(
             str(scope), n, seconds=duration, constraint_id=constraint_id
         )
-    span, until = _lasting(constraint, duration)
-    confirm(ctx, f"limited {scope} to {n} at once{span} (id {constraint.id}{until})")
-    _await(ctx, constraint.id, constraint, wait)
+    _applied(ctx, constraint, duration, wait, f"limited {scope} to {n} at once")
 
 
 @click.command(cls=CeleryCommand, epilog=SCOPE_HELP)
@@ -125,10 +118,7 @@ def unlimit(
     ctx: click.Context, scope: Scope, constraint_id: str | None, wait: float | None
 ) -> None:
     """Lift the concurrency limit of SCOPE."""
-    cid = constraint_id or default_id("concurrency", str(scope))
-    removed = _remove(ctx, "concurrency", scope, cid)
-    confirm(ctx, f"unlimited {scope} (id {cid}{'' if removed else '; it was not limited'})")
-    _await(ctx, cid, None, wait)
+    _removed(ctx, "concurrency", scope, constraint_id, wait, "unlimited", "it was not limited")
 
 
 _RATE_HELP = "RATE is N/PERIOD, PERIOD s, m, h or d with an optional count: 10/s, 300/m, 500/15m."
@@ -151,16 +141,13 @@ def rate(
 ) -> None:
     """Admit tasks of SCOPE at no more than RATE, across all workers (several: all hold)."""
     with reporting_errors(ctx):
-        # Cascade.rate arrives with the rate_limit constraint type; then drop the ignore.
         constraint: Constraint = cascade_of(ctx).rate(
             str(scope),
             rates[0] if len(rates) == 1 else list(rates),
             seconds=duration,
             constraint_id=constraint_id,
         )
-    span, until = _lasting(constraint, duration)
-    confirm(ctx, f"rate-limited {scope} to {' and '.join(rates)}{span} (id {constraint.id}{until})")
-    _await(ctx, constraint.id, constraint, wait)
+    _applied(ctx, constraint, duration, wait, f"rate-limited {scope} to {' and '.join(rates)}")
 
 
 @click.command(cls=CeleryCommand, epilog=SCOPE_HELP)
@@ -170,7 +157,25 @@ def rate(
 @click.pass_context
 def unrate(ctx: click.Context, scope: Scope, constraint_id: str | None, wait: float | None) -> None:
     """Lift the rate limit of SCOPE."""
-    cid = constraint_id or default_id("rate_limit", str(scope))
-    removed = _remove(ctx, "rate_limit", scope, cid)
-    confirm(ctx, f"unrated {scope} (id {cid}{'' if removed else '; it was not rate-limited'})")
+    _removed(ctx, "rate_limit", scope, constraint_id, wait, "unrated", "it was not rate-limited")
+
+
+def _applied(
+    ctx: click.Context, constraint: Constraint, duration: float | None, wait: float | None,
+    done: str, *, forever: str = "",
+) -> None:  # fmt: skip
+    """Say what was made (``done``, how long, its id), then wait for it if asked."""
+    span, until = _lasting(constraint, duration)
+    confirm(ctx, f"{done}{span or forever} (id {constraint.id}{until})")
+    _await(ctx, constraint.id, constraint, wait)
+
+
+def _removed(
+    ctx: click.Context, type_: str, scope: Scope, constraint_id: str | None,
+    wait: float | None, done: str, absent: str,
+) -> None:  # fmt: skip
+    """Remove the ``type_`` constraint of ``scope``, say so (or that it was ``absent``)."""
+    cid = constraint_id or default_id(type_, str(scope))
+    removed = _remove(ctx, type_, scope, cid)
+    confirm(ctx, f"{done} {scope} (id {cid}{'' if removed else '; ' + absent})")
     _await(ctx, cid, None, wait)

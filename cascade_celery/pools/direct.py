@@ -1,6 +1,6 @@
 """Whether hand-offs can be pushed by the Lua scripts: cascade's Redis is the broker's server.
 
-Then a parked task's payload is its hand-off's kombu envelope (pools/parking.py), and the
+Then a parked task's payload is its hand-off's kombu envelope (pools/envelope.py), and the
 script that hands it a slot pushes it onto the broker's list itself, in the same step:
 no publish and no confirm from the process that freed the slot. Every process that
 hands off this way reports the broker's DB under ``<prefix>:handoff:direct`` (with a
@@ -15,8 +15,8 @@ import redis
 from celery import Celery
 
 from cascade_celery import internals
+from cascade_celery.pools.envelope import DirectRoute
 from cascade_celery.pools.keys import handoff_direct
-from cascade_celery.pools.parking import DirectRoute
 
 
 def broker_db_on(app: Celery, client: redis.Redis) -> int | None:

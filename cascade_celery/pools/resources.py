@@ -116,13 +116,15 @@ class ResourceManager:
         handed_off_from: str | None = None,
         park_with: bytes | None = None,
         releasing: Sequence[Lease] = (),
+        arrived: float | None = None,
     ) -> AcquireResult:
         """Acquire ``units`` of every pool, or nothing; never waits.
 
         ``handed_off_from``: the pool whose reservation the task carries; given back if
         the task no longer needs that pool. ``park_with``: the task's payload, to park
-        it where it is blocked in the same round trip. ``releasing``: leases of tasks
-        that ended, released first in the same round trip (as :meth:`release` would).
+        it where it is blocked in the same round trip, placed by ``arrived`` as in
+        :meth:`park`. ``releasing``: leases of tasks that ended, released first in the
+        same round trip (as :meth:`release` would).
         """
         names = [name for name, _ in pools]
         self._register(names)
@@ -142,6 +144,7 @@ class ResourceManager:
                 (lease.member, [pool_keys(self.prefix, name) for name, _ in lease.pools])
                 for lease in releasing
             ],
+            arrival_ms=None if arrived is None else arrived * 1000,
         )
         touched = [*names, *stale, *released]
         handoffs, dues = self._resolve(touched, outcome), self._dues(touched, outcome)
@@ -153,9 +156,11 @@ class ResourceManager:
         return AcquireResult(None, blocked, handoffs, status is AcquireStatus.PARKED, dues)
 
     def park(
-        self, task_id: str, pool: str, units: int, capacity: int | None, payload: bytes
-    ) -> tuple[bool, tuple[PoolHandoff, ...]]:
-        """Park at the back of ``pool``'s line; False means it has room now (acquire again)."""
+        self, task_id: str, pool: str, units: int, capacity: int | None, payload: bytes,
+        arrived: float | None = None,
+    ) -> tuple[bool, tuple[PoolHandoff, ...]]:  # fmt: skip
+        """Park in ``pool``'s line, placed by ``arrived`` (Unix time its worker received it;
+        else now, on Redis's clock); False means it has room now (acquire again)."""
         self._register([pool])
         outcome = self._scripts.park(
             pool_keys(self.prefix, pool),
@@ -165,6 +170,7 @@ class ResourceManager:
             payload=payload,
             lease_seconds=self.lease_seconds,
             max_handoffs=self.max_handoffs,
+            arrival_ms=None if arrived is None else arrived * 1000,
         )
         self._dues([pool], outcome)
         return ParkStatus(outcome.status) is ParkStatus.PARKED, self._resolve([pool], outcome)

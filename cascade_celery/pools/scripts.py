@@ -73,6 +73,11 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+def _arrival(ms: float) -> str:
+    """An arrival time (ms) with microseconds, as a place in a line (a ZSET score)."""
+    return f"{ms:.3f}"
+
+
 def _capacity_arg(capacity: int | None) -> int:
     return -1 if capacity is None else capacity
 
@@ -119,15 +124,17 @@ class Scripts:
         release_reservations_in: Sequence[PoolKeys] = (),
         park_with: bytes | None = None,
         release_leases: Sequence[tuple[str, Sequence[PoolKeys]]] = (),
+        arrival_ms: float | None = None,
     ) -> Outcome:
         """All-or-none acquire; status ACQUIRED (detail 1: a pool is contended), else
         detail is the blocking pool (1-based), where status PARKED says it was parked.
 
         ``release_reservations_in``: pools the task was handed off from but no longer
         needs; its reservations there go to the next waiter. ``park_with``: the task's
-        payload, to park it where it is blocked in the same step (status 2).
-        ``release_leases``: (member, pools) of ended leases to release first. Hand-off
-        indices count the pools in that order: required, reservations, released.
+        payload, to park it where it is blocked in the same step (status 2), at its
+        place by ``arrival_ms`` (else now). ``release_leases``: (member, pools) of ended
+        leases to release first. Hand-off indices count the pools in that order:
+        required, reservations, released.
         """
         args: list[Any] = [task_id, member, _ms(lease_seconds), max_handoffs, len(pools),
                            len(release_reservations_in), len(release_leases)]  # fmt: skip
@@ -137,6 +144,8 @@ class Scripts:
             args += [lease_member, len(lease_pools)]
         if park_with is not None:
             args.append(park_with)
+            if arrival_ms is not None:
+                args.append(_arrival(arrival_ms))
         released = [keys for _, lease_pools in release_leases for keys in lease_pools]
         keys = _flatten([*pools, *release_reservations_in, *released])
         return _outcome(self._scripts["acquire"](keys=keys, args=args))
@@ -164,8 +173,9 @@ class Scripts:
         payload: bytes,
         lease_seconds: float,
         max_handoffs: int,
+        arrival_ms: float | None = None,
     ) -> Outcome:
-        """Park at the back of the line; status HAS_ROOM: acquire again."""
+        """Park in line by ``arrival_ms`` (else now); status HAS_ROOM: acquire again."""
         args: list[Any] = [
             task_id,
             units,
@@ -174,6 +184,8 @@ class Scripts:
             _ms(lease_seconds),
             max_handoffs,
         ]
+        if arrival_ms is not None:
+            args.append(_arrival(arrival_ms))
         return _outcome(self._scripts["park"](keys=list(pool), args=args))
 
     def release(

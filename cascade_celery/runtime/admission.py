@@ -18,10 +18,12 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
+from cascade_celery import internals
 from cascade_celery.constraints.manager import ConstraintManager, Decision
 from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.errors import REDIS_DOWN
 from cascade_celery.pools import parking
+from cascade_celery.pools.headers import grant_of, handed_off_from
 from cascade_celery.pools.resources import Lease, ResourceManager, is_rate_pool, lease_member
 from cascade_celery.runtime import probe
 from cascade_celery.runtime.clock import RedisClock
@@ -100,7 +102,7 @@ class Admission:
         """
         task_id = request.id
         key = (task_id, threading.get_ident())
-        reserved_in = parking.handed_off_from(request)
+        reserved_in = handed_off_from(request)
         try:
             self.ensure_ready()
             for _ in range(_ATTEMPTS):
@@ -169,11 +171,13 @@ class Admission:
         ):
             payload = parking.capture(task, request, args, kwargs, info.queue, self.handoffs.direct)
         ended = self.leases.take_ended()
+        arrived = internals.received_at(request)
         asked, epoch = time.monotonic(), self.sync.epoch
         try:
             result = self.resources.try_acquire(
                 task_id, decision.pools, decision.capacities, handed_off_from=reserved_in,
                 park_with=payload, releasing=[held.lease for held, _ in ended],
+                arrived=arrived,
             )  # fmt: skip
         except BaseException:
             # The keeper retries them (a no-op where done).
@@ -195,7 +199,7 @@ class Admission:
         if payload is None:
             payload = parking.capture(task, request, args, kwargs, info.queue, self.handoffs.direct)
             parked, handoffs = self.resources.park(
-                task_id, pool, pools[pool], decision.capacities[pool], payload
+                task_id, pool, pools[pool], decision.capacities[pool], payload, arrived
             )
             self.handoffs.publish(handoffs)
         return Parked(pool, decision.denied_by is not None) if parked else False
@@ -222,7 +226,7 @@ class Admission:
         trip, while it surely still holds it (:func:`grant_is_good`). The keeper then
         claims the reservation as the task's lease (claim.lua); until it has, a release
         releases the reservation."""
-        grant = parking.grant_of(request)
+        grant = grant_of(request)
         age_ms = None if grant is None else self.clock.age_ms(grant.at_ms)
         if not grant_is_good(grant, age_ms, pool, decision, self.lease_seconds):
             return False

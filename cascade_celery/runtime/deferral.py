@@ -11,6 +11,7 @@ from celery.backends.base import DisabledBackend
 from celery.exceptions import Reject
 
 from cascade_celery.pools import parking
+from cascade_celery.pools.headers import HANDOFF_POOL_HEADER, handed_off_from
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,9 @@ def back_off(
     delay = min(longest, first * 2 ** min(attempts - 1, 16))
     reason = f"Redis unreachable ({exc})" if exc else "contended"
     headers: dict[str, object] = {RETRY_HEADER: attempts}
-    reserved_in = parking.handed_off_from(request)
+    reserved_in = handed_off_from(request)
     if reserved_in is not None:  # a reservation it may still hold: give it back later
-        headers[parking.HANDOFF_POOL_HEADER] = reserved_in
+        headers[HANDOFF_POOL_HEADER] = reserved_in
     logger.warning(
         "cascade: %s[%s] not started: %s; back to the broker in %.1fs (attempt %d)",
         task.name, request.id, reason, delay, attempts,

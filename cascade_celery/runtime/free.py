@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cascade_celery.constraints.manager import ConstraintManager
-from cascade_celery.pools import parking
+from cascade_celery.pools.headers import HANDOFF_POOL_HEADER, original_route, route_of
 
 
 class FreeTasks:
@@ -28,12 +28,12 @@ class FreeTasks:
         """The constraint-set version under which an execution of task ``name`` surely
         needs no pool (``request``: the worker's request dict), if this process learnt
         so since the set last changed; else None: gate it."""
-        if parking.HANDOFF_POOL_HEADER in (request.get("headers") or {}):
+        if HANDOFF_POOL_HEADER in (request.get("headers") or {}):
             return None  # it holds a reservation to give back
         version = self.manager.version
         if version != self._version:
             return None
-        route = parking.route_of(request.get("headers"), request.get("delivery_info"))
+        route = route_of(request.get("headers"), request.get("delivery_info"))
         return version if (name, route) in self._free else None
 
     def learn(self, version: int, name: str, request: Any) -> None:
@@ -44,4 +44,4 @@ class FreeTasks:
                 return  # the set changed meanwhile: this decision may be stale
             if self._version != version:
                 self._free, self._version = set(), version
-            self._free.add((name, parking.original_route(request)))
+            self._free.add((name, original_route(request)))

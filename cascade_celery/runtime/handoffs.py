@@ -16,6 +16,8 @@ import redis
 from celery import Celery
 
 from cascade_celery.pools import direct, parking
+from cascade_celery.pools.envelope import DirectRoute
+from cascade_celery.pools.headers import HANDOFF_POOL_HEADER
 from cascade_celery.pools.resources import PoolHandoff, ResourceManager
 from cascade_celery.runtime import probe
 
@@ -31,7 +33,7 @@ class Handoffs:
         #: Hand off through ``cascade.handoff.<queue>`` (workers consume them).
         self.handoff_queues = handoff_queues
         #: Where the Lua scripts push this process's hand-offs, if they do.
-        self.direct: parking.DirectRoute | None = None
+        self.direct: DirectRoute | None = None
         self._unconfirmed: list[PoolHandoff] = []
         self._lock = threading.Lock()
 
@@ -57,7 +59,7 @@ class Handoffs:
         if broker_db is None:  # the broker is elsewhere: the scripts must stop pushing
             direct.report(client, prefix, None, 0)
         elif self.handoff_queues and enabled:
-            self.direct = parking.DirectRoute(broker_db, direct.own_db(client))
+            self.direct = DirectRoute(broker_db, direct.own_db(client))
             self.report_direct(client, prefix, ttl)
 
     def report_direct(self, client: redis.Redis, prefix: str, ttl: float) -> None:
@@ -77,7 +79,7 @@ class Handoffs:
                     self.app,
                     handoff.payload,
                     # So the task gives the reservation back if it no longer needs the pool.
-                    headers={parking.HANDOFF_POOL_HEADER: handoff.pool},
+                    headers={HANDOFF_POOL_HEADER: handoff.pool},
                     via_handoff_queue=self.handoff_queues,
                 )
             except Exception:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from cascade_celery.constraints.manager import Decision
-from cascade_celery.pools.parking import Grant
+from cascade_celery.pools.headers import Grant
 from cascade_celery.pools.resources import Lease, is_rate_pool
 
 

@@ -67,7 +67,7 @@ def make_app(
         task_default_queue=f"{prefix}-q",
         broker_connection_retry_on_startup=True,
         result_expires=600,
-        worker_prefetch_multiplier=1,
+        worker_prefetch_multiplier=int(os.environ.get("CASCADE_TEST_PREFETCH", "1")),
         broker_transport_options={"polling_interval": 0.1},
     )
     if visibility_timeout is not None:

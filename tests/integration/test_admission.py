@@ -8,7 +8,7 @@ import pytest
 from celery import Celery
 
 from cascade_celery import Cascade, Constraint, Scope
-from cascade_celery.pools import parking
+from cascade_celery.pools.headers import HANDOFF_POOL_HEADER
 from cascade_celery.runtime import Runtime
 from tests.apps.gated_app import make_app
 from tests.harness.redis_server import RedisServer
@@ -64,6 +64,6 @@ def test_a_task_that_needed_no_pool_skips_the_gate_until_the_constraint_set_chan
 def test_a_handed_off_task_always_goes_through_the_gate(runtime: Runtime) -> None:
     task = runtime.app.tasks[TASK]
     version = gate(runtime, task, "first")
-    handed_off = worker_request("h", **{parking.HANDOFF_POOL_HEADER: "some-pool"})
+    handed_off = worker_request("h", **{HANDOFF_POOL_HEADER: "some-pool"})
     assert version is not None
     assert runtime.admission.free.known(TASK, handed_off) is None  # it gives its slot back

@@ -20,6 +20,18 @@ from celery.app.task import Context
 
 from cascade_celery import Cascade, Constraint, Scope
 from cascade_celery.pools import parking
+from cascade_celery.pools.envelope import (
+    DIRECT_MAGIC,
+    GRANT_PLACEHOLDER,
+    POOL_PLACEHOLDER,
+    DirectRoute,
+)
+from cascade_celery.pools.headers import (
+    GRANT_HEADER,
+    HANDOFF_POOL_HEADER,
+    ROUTE_HEADER,
+    handoff_queue,
+)
 from cascade_celery.pools.keys import handoff_direct, pool_defaults, pool_keys
 from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime import Runtime
@@ -30,7 +42,7 @@ from tests.integration.test_runtime_releases import gate, request_for
 
 POOL = "constraint:concurrency:task:gated.work"
 ONE = Constraint("one", "concurrency", Scope.parse("task:gated.work"), {"limit": 1})
-HANDOFF_QUEUE = parking.handoff_queue("q")
+HANDOFF_QUEUE = handoff_queue("q")
 BROKER_DB, CASCADE_DB = 0, 1
 
 
@@ -79,7 +91,7 @@ def parked(server: RedisServer, prefix: str) -> dict[bytes, bytes]:
 def test_a_process_whose_broker_is_its_redis_server_reports_the_broker_db(
     runtime: Runtime, redis_server: RedisServer, unique_prefix: str
 ) -> None:
-    assert runtime.handoffs.direct == parking.DirectRoute(BROKER_DB, CASCADE_DB)
+    assert runtime.handoffs.direct == DirectRoute(BROKER_DB, CASCADE_DB)
     assert redis_server.client(CASCADE_DB).get(handoff_direct(unique_prefix)) == b"0"
     assert redis_server.client(CASCADE_DB).pttl(handoff_direct(unique_prefix)) > 0
 
@@ -106,7 +118,7 @@ def test_the_release_pushes_the_parked_task_onto_its_hand_off_queue_in_the_same_
     # Given a task parked behind a running one
     park_behind_a_running_task(runtime, app)
     (payload,) = parked(redis_server, unique_prefix).values()
-    assert payload.startswith(parking.DIRECT_MAGIC)
+    assert payload.startswith(DIRECT_MAGIC)
 
     # When the running task's slot is released
     handoffs = runtime.resources.release(runtime.leases.running()[0])
@@ -116,8 +128,8 @@ def test_the_release_pushes_the_parked_task_onto_its_hand_off_queue_in_the_same_
     assert parked(redis_server, unique_prefix) == {}
     (message,) = handoffs_queued(redis_server)
     assert message["headers"]["id"] == "waiter"
-    assert message["headers"][parking.HANDOFF_POOL_HEADER] == POOL
-    assert message["headers"][parking.ROUTE_HEADER] == ["", "q"]
+    assert message["headers"][HANDOFF_POOL_HEADER] == POOL
+    assert message["headers"][ROUTE_HEADER] == ["", "q"]
 
 
 @pytest.mark.parametrize(
@@ -146,14 +158,14 @@ def test_a_pushed_envelope_is_the_one_a_kombu_publish_would_push(
 
         # When the slot is released (pushed), and the same message is published by kombu
         assert [h.payload for h in rm.release(held)] == [b""]
-        parking.publish(app, kombu_payload, headers={parking.HANDOFF_POOL_HEADER: pool},
+        parking.publish(app, kombu_payload, headers={HANDOFF_POOL_HEADER: pool},
                         via_handoff_queue=True)  # fmt: skip
 
         # Then both are in the same list, equal but for the delivery's tag and the grant
         # the script wrote (when on Redis's clock, under capacity 1, for 1 unit)
         step = {None: "", 7: "\x06\x166"}[priority]
         pushed, published = handoffs_queued(redis_server, f"{keyprefix}{HANDOFF_QUEUE}{step}")
-        tag, at_ms, capacity, units = pushed["headers"].pop(parking.GRANT_HEADER)
+        tag, at_ms, capacity, units = pushed["headers"].pop(GRANT_HEADER)
         assert tag == pushed["properties"]["delivery_tag"]
         for message in (pushed, published):
             del message["properties"]["delivery_tag"]
@@ -161,7 +173,7 @@ def test_a_pushed_envelope_is_the_one_a_kombu_publish_would_push(
         assert 0 <= seconds * 1000 + micros // 1000 - at_ms < 10_000
         assert (capacity, units) == (1, 1)
         assert pushed == published
-        assert pushed["headers"][parking.HANDOFF_POOL_HEADER] == pool
+        assert pushed["headers"][HANDOFF_POOL_HEADER] == pool
     finally:
         Cascade.for_app(app).close()
 
@@ -180,13 +192,13 @@ def test_without_a_process_reporting_the_broker_db_the_hand_off_is_published_by_
 
     # Then the script left it to the caller, who publishes it through kombu and confirms
     assert [h.task_id for h in handoffs] == ["waiter"]
-    assert handoffs[0].payload.startswith(parking.DIRECT_MAGIC)
+    assert handoffs[0].payload.startswith(DIRECT_MAGIC)
     assert handoffs_queued(redis_server) == []
     runtime.handoffs.publish(handoffs)
     (message,) = handoffs_queued(redis_server)
     assert message["headers"]["id"] == "waiter"
-    assert message["headers"][parking.HANDOFF_POOL_HEADER] == POOL
-    assert message["headers"][parking.ROUTE_HEADER] == ["", "q"]
+    assert message["headers"][HANDOFF_POOL_HEADER] == POOL
+    assert message["headers"][ROUTE_HEADER] == ["", "q"]
     assert parked(redis_server, unique_prefix) == {}
 
 
@@ -209,7 +221,7 @@ def test_a_push_the_server_refuses_falls_back_to_a_kombu_publish(
 
         # Then the caller publishes it through kombu, with the broker's own credentials
         assert [h.task_id for h in handoffs] == ["waiter"]
-        assert handoffs[0].payload.startswith(parking.DIRECT_MAGIC)
+        assert handoffs[0].payload.startswith(DIRECT_MAGIC)
         runtime.handoffs.publish(handoffs)
         (message,) = handoffs_queued(redis_server)
         assert message["headers"]["id"] == "waiter"
@@ -320,7 +332,7 @@ def test_a_copy_delivered_again_after_the_claim_waits_for_a_slot(
 
     # When the broker delivers the same message again (acks_late, visibility timeout),
     # in another thread of the process, after its grant went stale
-    message["headers"][parking.GRANT_HEADER][1] -= 30_000
+    message["headers"][GRANT_HEADER][1] -= 30_000
     again = threading.Thread(target=start, args=(runtime, app, delivered(message)))
     again.start()
     again.join(timeout=10)
@@ -346,8 +358,8 @@ def test_a_grant_that_may_no_longer_hold_is_checked_with_redis(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     message = hand_off_directly(runtime, app, redis_server)
-    tag, at_ms, capacity, units = message["headers"][parking.GRANT_HEADER]
-    message["headers"][parking.GRANT_HEADER] = {
+    tag, at_ms, capacity, units = message["headers"][GRANT_HEADER]
+    message["headers"][GRANT_HEADER] = {
         "granted a lease ago": [tag, at_ms - 30_000, capacity, units],
         "granted under a higher capacity": [tag, at_ms, capacity + 1, units],
         "other units": [tag, at_ms, capacity, units + 1],
@@ -370,7 +382,7 @@ def test_user_headers_that_look_like_the_placeholders_are_left_as_they_are(
     task = app.tasks["gated.work"]
     assert gate(runtime, task, "running") is not None
     request = request_for("waiter")
-    odd = {"x_pool": parking.POOL_PLACEHOLDER, "x_grant": parking.GRANT_PLACEHOLDER}
+    odd = {"x_pool": POOL_PLACEHOLDER, "x_grant": GRANT_PLACEHOLDER}
     request.headers = dict(odd)
     assert runtime.gate(task, request, task.cascade_info(request), (), {}) is None  # parked
 
@@ -379,5 +391,5 @@ def test_user_headers_that_look_like_the_placeholders_are_left_as_they_are(
 
     (message,) = handoffs_queued(redis_server)
     assert {name: message["headers"][name] for name in odd} == odd
-    assert message["headers"][parking.HANDOFF_POOL_HEADER] == POOL
-    assert message["headers"][parking.GRANT_HEADER][0] == message["properties"]["delivery_tag"]
+    assert message["headers"][HANDOFF_POOL_HEADER] == POOL
+    assert message["headers"][GRANT_HEADER][0] == message["properties"]["delivery_tag"]

@@ -15,6 +15,7 @@ from celery import Celery
 from celery.app.task import Context
 
 from cascade_celery.pools import parking
+from cascade_celery.pools.headers import ROUTE_HEADER, handoff_queue
 from tests.harness.redis_server import RedisServer
 
 QUEUE = "jobs"
@@ -48,11 +49,11 @@ def test_hand_offs_reach_the_hand_off_queue_with_the_task_id_and_its_headers(
     for n in range(3):
         parking.publish(app, captured(app, f"t{n}"), via_handoff_queue=True)
 
-    raw = broker_redis.client().lrange(parking.handoff_queue(QUEUE), 0, -1)
+    raw = broker_redis.client().lrange(handoff_queue(QUEUE), 0, -1)
     messages = [json.loads(item) for item in reversed(raw)]  # LPUSH: newest first
     assert [m["headers"]["id"] for m in messages] == ["t0", "t1", "t2"]
     assert {m["headers"]["x_custom"] for m in messages} == {"kept"}
-    assert {m["headers"][parking.ROUTE_HEADER][1] for m in messages} == {QUEUE}
+    assert {m["headers"][ROUTE_HEADER][1] for m in messages} == {QUEUE}
 
 
 def test_a_burst_of_hand_offs_builds_no_redis_client_per_message(
@@ -73,4 +74,4 @@ def test_a_burst_of_hand_offs_builds_no_redis_client_per_message(
         parking.publish(app, payload, via_handoff_queue=True)
 
     assert built == []
-    assert broker_redis.client().llen(parking.handoff_queue(QUEUE)) == 21
+    assert broker_redis.client().llen(handoff_queue(QUEUE)) == 21

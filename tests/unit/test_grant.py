@@ -6,7 +6,7 @@ import pytest
 
 from cascade_celery.constraints.manager import Decision
 from cascade_celery.constraints.model import Constraint, Scope
-from cascade_celery.pools.parking import Grant
+from cascade_celery.pools.headers import Grant
 from cascade_celery.runtime.rules import grant_is_good
 
 POOL = "constraint:concurrency:task:t"

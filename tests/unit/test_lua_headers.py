@@ -145,8 +145,9 @@ def test_wrappers_pass_as_many_argv_as_each_header_documents_for_one_pool() -> N
     )
     scripts.confirm([(pool.parked, "t", b"{}")])
     scripts.park(
-        pool, task_id="t", units=1, capacity=3, payload=b"{}", lease_seconds=1.0, max_handoffs=5
-    )
+        pool, task_id="t", units=1, capacity=3, payload=b"{}", lease_seconds=1.0, max_handoffs=5,
+        arrival_ms=1.5,
+    )  # fmt: skip
     scripts.release([pool], member="t:t:1", lease_seconds=1.0, max_handoffs=5, unclaimed="t")
     scripts.renew([pool.holders], member="t:t:1", lease_seconds=1.0)
     scripts.set_capacity(pool, 3, lease_seconds=1.0, max_handoffs=5)

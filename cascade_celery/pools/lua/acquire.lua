@@ -41,6 +41,8 @@
     ARGV[r + 2*(j-1)]       released lease j's member, where r = 8 + 2*required
     ARGV[r + 1 + 2*(j-1)]   how many pools released lease j is in
     ARGV[r + 2*released]    optional: payload to park with when blocked
+    ARGV[r + 2*released + 1]  optional: when the task's worker received it (ms): its place
+                            in line if it parks
 
   A rate pool's lease expires one window after now (includes/pool.lua), also when it
   takes over a reservation: the admission is counted from the task's arrival.
@@ -136,7 +138,9 @@ if blocked > 0 then
   end
   out[2] = blocked
   local payload = ARGV[first_released + 2 * released_count]
-  if payload and park_in(pool_keys(blocked), task_id, units_arg(blocked), payload, now) then
+  local arrival = tonumber(ARGV[first_released + 2 * released_count + 1])
+  if payload and park_in(pool_keys(blocked), task_id, units_arg(blocked), payload, now,
+                         arrival) then
     out[1] = 2
   end
   announce_dues(#KEYS / POOL_KEYS, out[3])

@@ -15,6 +15,7 @@
     ARGV[4]     payload: the message to hand off (pools/parking.py: JSON or direct)
     ARGV[5]     reservation ttl in milliseconds
     ARGV[6]     most waiters to hand off
+    ARGV[7]     optional: when the task's worker received it (ms): its place in line
 
   Output:
     {1, 0, dues, handoffs...}   parked (or already waiting)
@@ -30,6 +31,7 @@ local units = tonumber(ARGV[2])
 local payload = ARGV[4]
 local ttl_ms = tonumber(ARGV[5])
 local max_handoffs = tonumber(ARGV[6])
+local arrival = tonumber(ARGV[7])
 local k = pool_keys(1)
 local now = now_ms()
 local out = {0, 0, {}}
@@ -38,7 +40,7 @@ apply_capacity(k, tonumber(ARGV[3]))
 reap(k, now)
 dispatch(k, 1, now, ttl_ms, max_handoffs, out)
 
-if park_in(k, task_id, units, payload, now) then
+if park_in(k, task_id, units, payload, now, arrival) then
   out[1] = 1
 end
 announce_dues(1, out[3])

@@ -107,9 +107,9 @@ def test_status_shows_running_units_parked_tasks_and_the_oldest_wait(
 def test_status_shows_a_rate_its_admissions_in_the_window_and_when_it_admits_next(
     env: dict[str, str], redis_server: RedisServer, unique_prefix: str
 ) -> None:
-    # Given 2/s, both admissions of the window used and a task waiting
-    ok(env, "rate", "queue:emails", "2/s")
-    pool = "constraint:rate_limit:queue:emails@1s"
+    # Given 2/m, both admissions of the window used and a task waiting
+    ok(env, "rate", "queue:emails", "2/m")
+    pool = "constraint:rate_limit:queue:emails@1m"
     resources = ResourceManager(redis_server.client(), prefix=unique_prefix, lease_seconds=30)
     for task_id in ("a", "b"):
         assert resources.try_acquire(task_id, [(pool, 1)], {pool: 2}).lease is not None
@@ -117,12 +117,12 @@ def test_status_shows_a_rate_its_admissions_in_the_window_and_when_it_admits_nex
 
     # Then status shows the rate, the window's admissions, the line and the next admission
     status = pool_of(json.loads(ok(env, "status", "--json")), pool)
-    assert (status["capacity"], status["window_seconds"]) == (2, 1.0)
+    assert (status["capacity"], status["window_seconds"]) == (2, 60.0)
     assert (status["running"], status["parked"]) == (2, 1)
-    assert 0 < status["next_admission_in_seconds"] <= 1.01
+    assert 0 < status["next_admission_in_seconds"] <= 60.01
     table = ok(env, "status")
     assert re.search(
-        rf"^{re.escape(pool)}\s+2 per 1s, next in \d\.\ds\s+2\s+1\s+", table, re.MULTILINE
+        rf"^{re.escape(pool)}\s+2 per 1m, next in (\d+s|1m)\s+2\s+1\s+", table, re.MULTILINE
     ), table
 
 

@@ -242,3 +242,30 @@ def test_a_blocked_task_gives_its_reservation_to_the_next_waiter(
     assert ids(result.handoffs) == ["w2"]
     assert pools.holders("a") == ["r:w2"]
     assert pools.used("a") == 1
+
+
+def test_waiters_take_their_place_by_when_their_worker_received_them(
+    pools: Pools, rm: ResourceManager
+) -> None:
+    # Given a full pool, and three tasks parking in another order than they arrived
+    # (three processes: the one with the earliest message reached Redis last)
+    holder = hold(rm, "holder", {"p": 1})
+    assert rm.park("second", "p", 1, 1, payload("second"), arrived=1_000.002)[0]
+    assert rm.park("third", "p", 1, 1, payload("third"), arrived=1_000.003)[0]
+    result = rm.try_acquire("first", [("p", 1)], {"p": 1}, park_with=payload("first"),
+                            arrived=1_000.001)  # fmt: skip
+
+    # Then the line is in arrival order, and so are the hand-offs
+    assert result.parked
+    assert pools.waiting("p") == ["first", "second", "third"]
+    assert ids(rm.release(holder)) == ["first"]
+
+
+def test_a_waiter_without_an_arrival_time_takes_its_place_by_when_it_parked(
+    pools: Pools, rm: ResourceManager
+) -> None:
+    hold(rm, "holder", {"p": 1})
+    park(rm, "now", "p", 1)  # no arrival noted: Redis's clock, now
+    assert rm.park("earlier", "p", 1, 1, payload("earlier"), arrived=1.0)[0]
+    assert rm.park("later", "p", 1, 1, payload("later"), arrived=4e9)[0]  # year 2096
+    assert pools.waiting("p") == ["earlier", "now", "later"]

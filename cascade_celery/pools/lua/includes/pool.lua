@@ -12,7 +12,8 @@
                       "q:<task id>" -> arrival position of a task handed off from the line
                       "a:<task id>" -> when the task was parked (ms), for "oldest wait"
                       "h:<task id>" -> when it was handed off (ms), until it arrives
-    waiters   ZSET    task id -> arrival sequence (FIFO, lowest first)
+    waiters   ZSET    task id -> arrival (ms): when its worker received the message, else
+                      when it parked (Redis clock); lowest first
     parked    HASH    task id -> message payload, until its hand-off is confirmed (or pushed)
     seq       STRING  arrival counter
     stats     HASH    counters and histograms (includes/stats.lua), with a TTL
@@ -63,6 +64,12 @@ local function pool_keys(index)
     units = KEYS[base + 4], waiters = KEYS[base + 5], parked = KEYS[base + 6],
     seq = KEYS[base + 7], stats = KEYS[base + 8],
   }
+end
+
+-- Redis's clock in ms, to the microsecond: a place in a line (scripts run one at a time).
+local function now_precise_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
 
 local function now_ms()
@@ -330,7 +337,7 @@ end
 
 -- Park a task at the back of the line unless the pool has room for it now (false:
 -- acquire again). One already waiting (a duplicate delivery) keeps its place.
-local function park_in(k, task_id, units, payload, now)
+local function park_in(k, task_id, units, payload, now, arrival)
   payload = naming_pool(k, payload)
   if redis.call('ZSCORE', k.waiters, task_id) then
     redis.call('HSET', k.parked, task_id, payload)
@@ -341,7 +348,7 @@ local function park_in(k, task_id, units, payload, now)
   if not full and redis.call('ZCARD', k.waiters) == 0 then
     return false
   end
-  add_waiter(k, redis.call('INCR', k.seq), task_id)
+  add_waiter(k, arrival or now_precise_ms(), task_id)
   redis.call('HSET', k.parked, task_id, payload)
   redis.call('HSET', k.units, 'r:' .. task_id, units, 'a:' .. task_id, now)
   count(k.stats, 'parked')
