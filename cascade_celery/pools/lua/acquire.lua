@@ -19,10 +19,14 @@
   are released first, as release.lua would: so a process running task after task
   spends one round trip per task, not two.
 
+  Counted (includes/stats.lua): each pool's admission, "admitted:reservation" when the
+  task took over its reservation there, else "admitted:acquire"; the hand-off latency
+  of every reservation its task takes or gives back; and what the helpers count.
+
   Clock: Redis TIME.
 
   Input:
-    KEYS                    7 keys per pool, as listed in includes/pool.lua: first the
+    KEYS                    8 keys per pool, as listed in includes/pool.lua: first the
                             `required` pools, then the `stale` pools (handed off from,
                             no longer needed), then the pools of each released lease
     ARGV[1]                 task id
@@ -53,6 +57,7 @@
     dues: (pool index, due ms) pairs, one per rate pool with waiters (see
     includes/pool.lua)
 ]]
+--- @include "includes/stats"
 --- @include "includes/pool"
 
 local task_id = ARGV[1]
@@ -98,7 +103,7 @@ end
 -- Reservations in pools the task no longer needs go to the next waiter.
 for i = pool_count + 1, pool_count + stale_count do
   local k = pool_keys(i)
-  local reserved = drop_reservation(k, task_id)
+  local reserved = drop_reservation(k, task_id, now)
   if reserved then
     add_used(k, -reserved)
     dispatch(k, i, now, ttl_ms, max_handoffs, out)
@@ -125,7 +130,7 @@ end
 if blocked > 0 then
   for i = 1, pool_count do
     local k = pool_keys(i)
-    local reserved = drop_reservation(k, task_id)
+    local reserved = drop_reservation(k, task_id, now)
     if reserved then
       add_used(k, -reserved)
       dispatch(k, i, now, ttl_ms, max_handoffs, out)
@@ -145,8 +150,9 @@ end
 for i = 1, pool_count do
   local k = pool_keys(i)
   local units = units_arg(i)
-  local reserved = drop_reservation(k, task_id)
+  local reserved = drop_reservation(k, task_id, now)
   add_used(k, units - (reserved or 0))
+  count(k.stats, reserved and 'admitted:reservation' or 'admitted:acquire')
   redis.call('ZADD', k.holders, now + holder_ttl(k, ttl_ms), lease_member)
   redis.call('HSET', k.units, lease_member, units)
   local capacity = capacity_of(k)

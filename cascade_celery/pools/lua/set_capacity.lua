@@ -12,7 +12,7 @@
   Clock: Redis TIME.
 
   Input:
-    KEYS[1..7]  the pool's keys, as listed in includes/pool.lua
+    KEYS[1..8]  the pool's keys, as listed in includes/pool.lua
     ARGV[1]     capacity (-1: unlimited)
     ARGV[2]     reservation ttl in milliseconds for handed-off waiters
     ARGV[3]     most waiters to hand off
@@ -22,6 +22,7 @@
     dues: (pool index, due ms) pairs, one per rate pool with waiters (see
     includes/pool.lua)
 ]]
+--- @include "includes/stats"
 --- @include "includes/pool"
 
 local ttl_ms = tonumber(ARGV[2])
