@@ -6,9 +6,8 @@ Per pool ``<name>`` (``<p>`` is the ``cascade_redis_prefix`` setting)::
     <p>:{pool:<name>}:used       STRING  units held by running leases and reservations
     <p>:{pool:<name>}:holders    ZSET    lease member -> expiry (ms, Redis clock)
     <p>:{pool:<name>}:units      HASH    member -> units
-    <p>:{pool:<name>}:waiters    ZSET    parked task id -> arrival sequence
+    <p>:{pool:<name>}:waiters    ZSET    parked task id -> arrival (ms; when its worker got it)
     <p>:{pool:<name>}:parked     HASH    parked task id -> message payload
-    <p>:{pool:<name>}:seq        STRING  arrival counter
     <p>:{pool:<name>}:stats      HASH    counters and histograms the scripts keep (below)
 
 Per app::
@@ -53,7 +52,7 @@ from typing import NamedTuple
 
 from cascade_celery.text import text
 
-POOL_KEY_COUNT = 8
+POOL_KEY_COUNT = 7
 
 
 class PoolKeys(NamedTuple):
@@ -65,7 +64,6 @@ class PoolKeys(NamedTuple):
     units: str
     waiters: str
     parked: str
-    seq: str
     stats: str
 
 

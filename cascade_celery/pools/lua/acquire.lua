@@ -26,7 +26,7 @@
   Clock: Redis TIME.
 
   Input:
-    KEYS                    8 keys per pool, as listed in includes/pool.lua: first the
+    KEYS                    7 keys per pool, as listed in includes/pool.lua: first the
                             `required` pools, then the `stale` pools (handed off from,
                             no longer needed), then the pools of each released lease
     ARGV[1]                 task id

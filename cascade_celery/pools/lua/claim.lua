@@ -14,7 +14,7 @@
   Clock: Redis TIME.
 
   Input:
-    KEYS[1..8]  the pool's keys, as listed in includes/pool.lua
+    KEYS[1..7]  the pool's keys, as listed in includes/pool.lua
     ARGV[1]     task id
     ARGV[2]     the task's lease member, "t:<task id>:<token>"
 

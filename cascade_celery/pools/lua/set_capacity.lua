@@ -12,7 +12,7 @@
   Clock: Redis TIME.
 
   Input:
-    KEYS[1..8]  the pool's keys, as listed in includes/pool.lua
+    KEYS[1..7]  the pool's keys, as listed in includes/pool.lua
     ARGV[1]     capacity (-1: unlimited)
     ARGV[2]     reservation ttl in milliseconds for handed-off waiters
     ARGV[3]     most waiters to hand off

@@ -1,6 +1,6 @@
 --[[
   Shared helpers for one pool. Every script that includes this file receives each
-  pool's keys as 8 consecutive KEYS, in this order (see pools/keys.py); includes/stats.lua
+  pool's keys as 7 consecutive KEYS, in this order (see pools/keys.py); includes/stats.lua
   must be included before it:
 
     capacity  STRING  units the pool may hand out; absent means unlimited
@@ -15,7 +15,6 @@
     waiters   ZSET    task id -> arrival (ms): when its worker received the message, else
                       when it parked (Redis clock); lowest first
     parked    HASH    task id -> message payload, until its hand-off is confirmed (or pushed)
-    seq       STRING  arrival counter
     stats     HASH    counters and histograms (includes/stats.lua), with a TTL
 
   A pool whose line goes from empty to one waiter announces it on the pub/sub channel
@@ -55,14 +54,14 @@
   at most once.
 ]]
 
-local POOL_KEYS = 8
+local POOL_KEYS = 7
 
 local function pool_keys(index)
   local base = (index - 1) * POOL_KEYS
   return {
     capacity = KEYS[base + 1], used = KEYS[base + 2], holders = KEYS[base + 3],
     units = KEYS[base + 4], waiters = KEYS[base + 5], parked = KEYS[base + 6],
-    seq = KEYS[base + 7], stats = KEYS[base + 8],
+    stats = KEYS[base + 7],
   }
 end
 
