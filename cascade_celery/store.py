@@ -125,7 +125,7 @@ class ConstraintStore:
                 constraint = Constraint.from_dict(json.loads(raw))
                 self._validate(constraint)
             except (ValueError, InvalidConstraint) as exc:
-                logger.error("cascade: skipping stored constraint %r: %s", key, exc)
+                logger.error("cascade: skipping stored constraint %r: %s", _text(key), exc)
                 continue
             constraints.append(constraint)
         return int(version or 0), constraints
