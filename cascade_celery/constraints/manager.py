@@ -13,40 +13,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 
+from cascade_celery.constraints.decision import FREE, Decision
 from cascade_celery.constraints.handlers.base import ConstraintHandler
 from cascade_celery.constraints.index import ConstraintIndex
 from cascade_celery.constraints.model import Constraint, TaskInfo
 from cascade_celery.constraints.rate import scope_of_pool
 from cascade_celery.constraints.registry import HandlerRegistry
 
+__all__ = ["FREE", "RATE_LIMIT", "ConstraintManager", "Decision", "PoolsChanged"]
+
 PoolsChanged = Callable[[set[str]], None]
 #: The type whose runtime constraints replace the rate a task declares in code.
 RATE_LIMIT = "rate_limit"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What a task needs before it may start.
-
-    ``pools`` lists every pool to acquire, in order: the hold pools of denying
-    constraints first (capacity 0), then the requirements. ``capacities`` gives each
-    pool's capacity (None: unlimited).
-    """
-
-    pools: tuple[tuple[str, int], ...]
-    capacities: Mapping[str, int | None]
-    denied_by: Constraint | None = None
-
-    @property
-    def is_free(self) -> bool:
-        """Nothing to acquire: the task may start without touching Redis."""
-        return not self.pools
-
-
-FREE = Decision(pools=(), capacities={})
 
 
 class ConstraintManager:
@@ -183,8 +163,7 @@ class ConstraintManager:
     def evaluate(self, task: TaskInfo) -> Decision:
         """Decide what ``task`` must acquire before it starts."""
         now = self._clock()
-        if self._next_change is not None and now >= self._next_change:
-            self._advance()
+        self._advance()
         holds: dict[str, int] = {}
         requirements: dict[str, int] = dict(task.resources)
         denied_by: Constraint | None = None
@@ -267,6 +246,8 @@ class ConstraintManager:
 
     def _advance(self) -> None:
         """Re-read the capacities of constraints whose decisions flipped; bump the version."""
+        if self._next_change is None:  # the common case: nothing time-dependent, no lock
+            return
         changed: set[str] = set()
         with self._lock:
             now = self._clock()
