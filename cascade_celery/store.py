@@ -30,7 +30,12 @@ Validator = Callable[[Constraint], None]
 
 
 class ConstraintStore:
-    """Read and change the constraint set stored under one prefix."""
+    """Read and change the constraint set stored under one prefix.
+
+    What it writes was validated by its caller at the edge it came in by (the Python
+    API, an MQTT payload); what it reads back is validated with ``validate`` (Redis is
+    shared: an entry may be damaged, or of a type this installation lacks).
+    """
 
     def __init__(self, client: redis.Redis, prefix: str, validate: Validator) -> None:
         self.client = client
@@ -43,12 +48,11 @@ class ConstraintStore:
         self._signed = constraints_signed(prefix)
 
     def put(self, constraint: Constraint) -> bool:
-        """Validate and store ``constraint`` (replacing one with the same id), then announce.
+        """Store a validated ``constraint`` (replacing one with the same id), then announce.
 
         Storing what is already stored changes nothing; storing one whose ``expires_at``
         has passed removes the entry with its id. Return whether anything changed.
         """
-        self._validate(constraint)
         if constraint.is_expired(time.time()):
             return self.delete(constraint.id)
         data = _encode(constraint)
@@ -121,7 +125,7 @@ class ConstraintStore:
                 constraint = Constraint.from_dict(json.loads(raw))
                 self._validate(constraint)
             except (ValueError, InvalidConstraint) as exc:
-                logger.error("cascade: skipping stored constraint %r: %s", key, exc)
+                logger.error("cascade: skipping stored constraint %r: %s", _text(key), exc)
                 continue
             constraints.append(constraint)
         return int(version or 0), constraints

@@ -22,9 +22,9 @@ import redis
 from celery import Celery, Task
 
 from cascade_celery.config import CascadeConfig
-from cascade_celery.constraints.handlers import default_handlers
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import TaskInfo
+from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime.admission import Admission
 from cascade_celery.runtime.clock import RedisClock
@@ -41,7 +41,14 @@ logger = logging.getLogger(__name__)
 class Runtime:
     """Gate tasks of one app in the current process."""
 
-    def __init__(self, app: Celery, config: CascadeConfig, *, handoff_queues: bool) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        config: CascadeConfig,
+        *,
+        handoff_queues: bool,
+        handlers: HandlerRegistry | None = None,
+    ) -> None:
         self.app = app
         self.config = config
         self.pid = os.getpid()
@@ -51,7 +58,7 @@ class Runtime:
             config.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0,
             health_check_interval=15,
         )  # fmt: skip
-        self.manager = ConstraintManager(default_handlers())
+        self.manager = ConstraintManager(handlers or HandlerRegistry.builtin())
         self.clock = RedisClock()
         self.timers = RateTimers(self.clock, self._sweep_due)
         self._timer_sweep = threading.local()  # the dues a timer's own sweep returns
