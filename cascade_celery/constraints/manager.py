@@ -92,11 +92,11 @@ class ConstraintManager:
         self._notify(changed)
         return old
 
-    def replace_all(self, constraints: Iterable[Constraint]) -> None:
-        """Validate ``constraints`` (all before any change) and make them the active set,
-        firing hooks only for what differs."""
+    def replace_all(self, constraints: Iterable[Constraint], *, validated: bool = False) -> None:
+        """Validate ``constraints`` (all before any change; not again if the caller did,
+        ``validated``) and make them the active set, firing hooks only for what differs."""
         wanted = {c.id: c for c in constraints}
-        for constraint in wanted.values():
+        for constraint in () if validated else wanted.values():
             self.validate(constraint)
         with self._lock:
             current = dict(self._active)

@@ -27,8 +27,7 @@ import redis
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cascade_celery.constraints.handlers import default_handlers
-from cascade_celery.constraints.manager import ConstraintManager
+from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.exporter.stats import Fields, families, read_stats
 from cascade_celery.status import PoolStatus, read_status
 from cascade_celery.store import ConstraintStore
@@ -68,14 +67,15 @@ class CascadeCollector(Collector):
         *,
         max_pools: int = MAX_POOLS,
         interval: float = 0.0,
+        handlers: HandlerRegistry | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.max_pools = max_pools
         self.interval = interval
-        handlers = default_handlers()
-        self._types = sorted(handler.type for handler in handlers)
-        self._store = ConstraintStore(client, prefix, ConstraintManager(handlers).validate)
+        self._handlers = handlers or HandlerRegistry.builtin()
+        self._types = sorted(self._handlers.types)
+        self._store = ConstraintStore(client, prefix, self._handlers.validate)
         self._lock = threading.Lock()
         self._last: tuple[float, Reading] | None = None
 
@@ -93,7 +93,7 @@ class CascadeCollector(Collector):
         started = time.monotonic()
         version, stored = self._store.load()
         active = [c for c in stored if not c.is_expired(time.time())]
-        every = read_status(self.client, self.prefix, active)
+        every = read_status(self.client, self.prefix, active, self._handlers)
         stats = read_stats(self.client, self.prefix, [pool.name for pool in every])
         pools = [pool for pool in every if not pool.is_idle or stats[pool.name]]
         applied = self._store.applied()

@@ -97,7 +97,7 @@ class ConstraintSync:
                 self._kept_after_loss = True
                 return
             self._kept_after_loss = False
-            self.manager.replace_all(constraints)
+            self.manager.replace_all(constraints, validated=True)  # the store validated them
             self._version = version
             self._report_applied()
         self.sweep_changed()
