@@ -87,27 +87,18 @@ for j = 1, released_count do
     local k = pool_keys(index)
     release_lease(k, member)
     if not required[k.capacity] then
-      reap(k, now)
-      dispatch(k, index, now, ttl_ms, max_handoffs, out)
+      refresh(k, index, nil, now, ttl_ms, max_handoffs, out)
     end
   end
 end
 
 for i = 1, pool_count do
-  local k = pool_keys(i)
-  apply_capacity(k, capacity_arg(i))
-  reap(k, now)
-  dispatch(k, i, now, ttl_ms, max_handoffs, out)
+  refresh(pool_keys(i), i, capacity_arg(i), now, ttl_ms, max_handoffs, out)
 end
 
 -- Reservations in pools the task no longer needs go to the next waiter.
 for i = pool_count + 1, pool_count + stale_count do
-  local k = pool_keys(i)
-  local reserved = drop_reservation(k, task_id, now)
-  if reserved then
-    add_used(k, -reserved)
-    dispatch(k, i, now, ttl_ms, max_handoffs, out)
-  end
+  give_back(pool_keys(i), i, task_id, now, ttl_ms, max_handoffs, out)
 end
 
 local blocked = 0
@@ -129,12 +120,7 @@ end
 
 if blocked > 0 then
   for i = 1, pool_count do
-    local k = pool_keys(i)
-    local reserved = drop_reservation(k, task_id, now)
-    if reserved then
-      add_used(k, -reserved)
-      dispatch(k, i, now, ttl_ms, max_handoffs, out)
-    end
+    give_back(pool_keys(i), i, task_id, now, ttl_ms, max_handoffs, out)
   end
   out[2] = blocked
   local payload = ARGV[first_released + 2 * released_count]

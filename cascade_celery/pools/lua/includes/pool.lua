@@ -334,8 +334,25 @@ local function dispatch(k, index, now, ttl_ms, max, out)
   end
 end
 
--- Park a task at the back of the line unless the pool has room for it now (false:
--- acquire again). One already waiting (a duplicate delivery) keeps its place.
+-- Bring a pool up to date: the caller's view of its capacity (nil: leave it), expired
+-- holders reaped, free room handed to waiters.
+local function refresh(k, index, capacity, now, ttl_ms, max, out)
+  if capacity then apply_capacity(k, capacity) end
+  reap(k, now)
+  dispatch(k, index, now, ttl_ms, max, out)
+end
+
+-- Give task_id's reservation in a pool back: its room goes to the next waiter.
+local function give_back(k, index, task_id, now, ttl_ms, max, out)
+  local reserved = drop_reservation(k, task_id, now)
+  if reserved then
+    add_used(k, -reserved)
+    dispatch(k, index, now, ttl_ms, max, out)
+  end
+end
+
+-- Park a task in line, placed by its arrival (else now), unless the pool has room for it
+-- now (false: acquire again). One already waiting (a duplicate delivery) keeps its place.
 local function park_in(k, task_id, units, payload, now, arrival)
   payload = naming_pool(k, payload)
   if redis.call('ZSCORE', k.waiters, task_id) then
