@@ -17,9 +17,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from benchmarks import scenarios
+from benchmarks import plot, rate, scenarios
 
-NAMES = ("overhead", "utilization", "control", "scale")
+NAMES = ("overhead", "utilization", "control", "scale", "rate")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             trials = 5 if args.quick else 20
             results[name] = {"tcp_nodelay": scenarios.control_latency(trials, nagle=False),
                              "nagle": scenarios.control_latency(trials, nagle=True)}  # fmt: skip
+        elif name == "rate":
+            results[name] = rate.rate(runs, n=60, n_two=80) if args.quick else rate.rate(runs)
         else:
             results[name] = (scenarios.scale(runs, depth=1000, pools=100, batch=50)
                              if args.quick else scenarios.scale(runs))  # fmt: skip
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         _write(args.json, results)  # after each one: a later failure keeps what was measured
     print(render(results))
     print(f"\nwritten to {args.json}")
+    for line in plot.plot_all(results, args.json):
+        print(line)
     return 0
 
 
@@ -93,6 +97,8 @@ def render(results: dict[str, Any]) -> str:
             )
         elif isinstance(value, dict):
             for key, inner in value.items():
+                if key.startswith("timeline"):  # raw data for the plots
+                    continue
                 walk(f"{prefix}.{key}" if prefix else key, inner)
         elif isinstance(value, float):
             rows.append((prefix, f"{value:.3f}"))

@@ -17,9 +17,11 @@ from celery import Celery
 from benchmarks.app import done_key, events_key
 from benchmarks.cluster import Cluster, cluster
 from benchmarks.nagle import clients_keep_nagle
+from benchmarks.rate import sample_pools
 from benchmarks.stats import in_order_fraction, percentile, summary
 from cascade_celery import Cascade
 from cascade_celery.constraints.handlers import default_handlers
+from cascade_celery.constraints.handlers.concurrency import concurrency_pool
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import Constraint, Scope
 from cascade_celery.mqtt import protocol
@@ -199,6 +201,7 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
     published through kombu (``cascade_direct_handoff`` off), on the same servers."""
     variants: dict[str, list[Result]] = {}
     latencies: dict[str, list[float]] = {}
+    timeline: Result = {}
     with cluster(shared=True) as (c, app):
         Cascade.for_app(app).limit("task:bench.gated_timed", limit)
         for run in range(runs):
@@ -207,7 +210,11 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
             for direct in (True, False) if run % 2 == 0 else (False, True):
                 _gated_workers(c, app, direct, limit, seconds)
                 via = "" if direct else "_via_kombu"
-                ours = _timed_run(c, app, "bench.gated_timed", (), n, seconds)
+                pools = [concurrency_pool("task:bench.gated_timed")] if run == 0 and direct else []
+                with sample_pools(c.cascade_client(), c.prefix, pools) as samples:
+                    ours = _timed_run(c, app, "bench.gated_timed", (), n, seconds)
+                if pools:
+                    timeline = _timeline(ours, samples, limit)
                 variants.setdefault(f"cascade{via}", []).append(_utilization(ours, limit, seconds))
                 latencies.setdefault(f"handoff{via}_latency_ms", []).extend(
                     _handoff_latencies(ours, limit)
@@ -270,7 +277,21 @@ def utilization(runs: int, n: int, seconds: float = 0.05, limit: int = 3) -> Res
         [a / b for a, b in zip(ours, via_kombu, strict=True)]
     )
     result["n"], result["task_seconds"], result["limit"] = n, seconds, limit
+    result["timeline_run_0"] = timeline
     return result
+
+
+def _timeline(
+    events: list[dict[str, Any]], samples: list[tuple[float, int, int]], limit: int
+) -> Result:
+    """For the plot: each task's (start, end) and the pool's (time, parked, used) samples,
+    in seconds after the first publish."""
+    zero = min(e["published"] for e in events)
+    return {
+        "limit": limit,
+        "runs": sorted([round(e["start"] - zero, 5), round(e["end"] - zero, 5)] for e in events),
+        "pool": [[round(t - zero, 5), parked, used] for t, parked, used in samples],
+    }
 
 
 # -- 4. control latency -------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""cascade-celery: cluster-wide concurrency limits and pauses for Celery tasks and queues."""
+"""cascade-celery: cluster-wide concurrency limits, rate limits and pauses for Celery tasks."""
 
 from cascade_celery import signals as _signals  # connects the worker signal receivers
 from cascade_celery.cascade import Cascade
+from cascade_celery.constraints.handlers.base import ConstraintHandler
 from cascade_celery.constraints.model import Constraint, Scope, TaskInfo
 from cascade_celery.errors import (
     CascadeError,
@@ -20,6 +21,7 @@ __all__ = [
     "CascadeError",
     "ConfigurationError",
     "Constraint",
+    "ConstraintHandler",
     "ControlPlaneUnavailable",
     "GatedTask",
     "InvalidConstraint",

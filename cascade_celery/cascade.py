@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 
 import redis
 from celery import Celery, Task
@@ -16,8 +17,8 @@ from kombu.utils.imports import symbol_by_name
 
 from cascade_celery.changes import ConstraintChanges, default_id
 from cascade_celery.config import CascadeConfig, redact_url
-from cascade_celery.constraints.handlers import default_handlers
-from cascade_celery.constraints.manager import ConstraintManager
+from cascade_celery.constraints.handlers.base import ConstraintHandler
+from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.errors import ConfigurationError
 from cascade_celery.install import Installation, installation
 from cascade_celery.mqtt.listener import ConstraintListener
@@ -36,7 +37,9 @@ _ATTRIBUTE = "_cascade"
 class Cascade(ConstraintChanges):
     """cascade-celery installed on one Celery app."""
 
-    def __init__(self, app: Celery, *, gate_all: bool = False) -> None:
+    def __init__(
+        self, app: Celery, *, gate_all: bool = False, handlers: Iterable[ConstraintHandler] = ()
+    ) -> None:
         if getattr(app, _ATTRIBUTE, None) is not None:
             raise ConfigurationError(f"cascade is already installed on app {app.main!r}")
         if gate_all and app.finalized:
@@ -46,6 +49,8 @@ class Cascade(ConstraintChanges):
             )
         self.app = app
         self.installation: Installation = installation(app)
+        for handler in handlers:
+            self.register_handler(handler)
         self._admin: tuple[int, ConstraintStore] | None = None
         self._listener: tuple[int, ConstraintListener] | None = None
         setattr(app, _ATTRIBUTE, self)
@@ -63,6 +68,24 @@ class Cascade(ConstraintChanges):
     def config(self) -> CascadeConfig:
         """The parsed settings (read from ``app.conf`` on first use)."""
         return self.installation.config
+
+    @property
+    def handlers(self) -> HandlerRegistry:
+        """The constraint types this installation knows: the built-ins and registered ones."""
+        return self.installation.handlers
+
+    def register_handler(self, handler: ConstraintHandler) -> None:
+        """Teach this installation a constraint type (before the worker starts).
+
+        Every process that validates, stores, enforces or shows constraints of the type
+        needs it: register it where the app is built, so workers, the CLI and producers
+        all have it. A worker without it rejects the type (and logs the topic).
+
+        Raises:
+            ConfigurationError: the type is missing or taken, or the worker already
+                started using the handlers.
+        """
+        self.installation.handlers.register(handler)
 
     def runtime(self) -> Runtime:
         """This process's Runtime; a forked child builds its own."""
@@ -89,11 +112,12 @@ class Cascade(ConstraintChanges):
         settings = self.config.mqtt
         if settings is None or self._listener is not None:
             return
+        self.handlers.freeze("the worker's MQTT listener starts")
         listener = ConstraintListener(
             settings,
             self.config.mqtt_prefix,
             self._store(),
-            ConstraintManager(default_handlers()),
+            self.handlers,
             client_id=f"cascade-{self.config.mqtt_prefix}-{node}",
         )
         self._listener = (os.getpid(), listener)
@@ -135,9 +159,8 @@ class Cascade(ConstraintChanges):
         admin = self._admin
         if admin is None or admin[0] != os.getpid():
             client = redis.Redis.from_url(self.config.redis_url, socket_connect_timeout=5.0)
-            validator = ConstraintManager(default_handlers()).validate
-            admin = self._admin = (os.getpid(), ConstraintStore(client, self.config.redis_prefix,
-                                                                validator))  # fmt: skip
+            store = ConstraintStore(client, self.config.redis_prefix, self.handlers.validate)
+            admin = self._admin = (os.getpid(), store)
         return admin[1]
 
 

@@ -16,9 +16,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from cascade_celery.config import CascadeConfig, redact_url
-from cascade_celery.constraints.handlers import default_handlers
-from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import ID_PATTERN, Constraint, Scope
+from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.errors import REDIS_DOWN, NotApplied, PoolUnavailable
 from cascade_celery.mqtt import protocol
 from cascade_celery.mqtt.publisher import publish_retained
@@ -36,6 +35,11 @@ class ConstraintChanges:
         """The parsed settings (the class this is mixed into provides them)."""
         raise NotImplementedError
 
+    @property
+    def handlers(self) -> HandlerRegistry:
+        """The constraint types known here (the class this is mixed into provides them)."""
+        raise NotImplementedError
+
     def _store(self) -> ConstraintStore:
         raise NotImplementedError
 
@@ -46,8 +50,9 @@ class ConstraintChanges:
         plane; otherwise it is written to the shared Redis directly. A change reaches the
         workers a few milliseconds later; with ``wait`` (seconds) this returns only once
         every gating worker process enforces it, and raises NotApplied if that takes longer.
+        Raises InvalidConstraint if no handler registered here accepts it.
         """
-        ConstraintManager(default_handlers()).validate(constraint)
+        self.handlers.validate(constraint)
         settings = self.config.mqtt
         if settings is not None:
             topic = protocol.topic_for(self.config.mqtt_prefix, constraint.id)
@@ -131,6 +136,7 @@ class ConstraintChanges:
                 task_id,
                 self.constraints(),
                 lease_seconds=self.config.lease_seconds,
+                handlers=self.handlers,
             )
         app = getattr(self, "app", None)  # Cascade's; the backend is the app's to ask
         return dataclasses.replace(

@@ -13,6 +13,7 @@ from functools import cached_property
 from celery import Celery
 
 from cascade_celery.config import CascadeConfig
+from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.runtime import Runtime
 
 _ATTRIBUTE = "_cascade_installation"
@@ -27,6 +28,8 @@ class Installation:
         #: it): its consumer serves the hand-off queues. False when cascade was installed
         #: too late for the step: hand-offs then go to the task's own queue.
         self.consumes_handoffs = False
+        #: The constraint types known to every process of this app (built-ins first).
+        self.handlers = HandlerRegistry.builtin()
         self._lock = threading.Lock()
         self._runtime: Runtime | None = None
 
@@ -44,8 +47,9 @@ class Installation:
             runtime = self._runtime
             if runtime is None or runtime.pid != os.getpid():
                 handoff_queues = self.config.handoff_queues and self.consumes_handoffs
+                self.handlers.freeze("a worker process gates tasks")
                 runtime = self._runtime = Runtime(
-                    self.app, self.config, handoff_queues=handoff_queues
+                    self.app, self.config, handoff_queues=handoff_queues, handlers=self.handlers
                 )
             return runtime
 

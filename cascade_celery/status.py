@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import redis
 
-from cascade_celery.constraints.handlers import default_handlers
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import Constraint
 from cascade_celery.constraints.rate import window_of_pool
+from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.pools.keys import pool_defaults, pool_keys, pool_registry
 from cascade_celery.text import text
 
@@ -74,20 +74,24 @@ class PoolCatalog:
 
 
 def read_catalog(
-    client: redis.Redis, prefix: str, constraints: Sequence[Constraint]
+    client: redis.Redis,
+    prefix: str,
+    constraints: Sequence[Constraint],
+    handlers: HandlerRegistry | None = None,
 ) -> PoolCatalog:
     """Read the pool registry, the code defaults and Redis's clock (one round trip).
 
-    ``constraints`` are the active ones (e.g. ``Cascade.constraints()``); they give each
-    pool its capacity the way a worker computes it. Raises redis-py's errors.
+    ``constraints`` are the active ones (e.g. ``Cascade.constraints()``); with
+    ``handlers`` (default: the built-in types; ``Cascade.handlers`` for custom ones)
+    they give each pool its capacity the way a worker computes it. Raises redis-py's
+    errors, and InvalidConstraint for a constraint no handler accepts.
     """
-    handlers = default_handlers()
-    by_type = {handler.type: handler for handler in handlers}
-    manager = ConstraintManager(handlers)
+    registry = handlers or HandlerRegistry.builtin()
+    manager = ConstraintManager(registry)
     manager.replace_all(constraints)
     governed: dict[str, list[Constraint]] = {}
     for constraint in sorted(constraints, key=lambda c: c.id):
-        for pool in by_type[constraint.type].pool_capacities(constraint):
+        for pool in registry[constraint.type].pool_capacities(constraint):
             governed.setdefault(pool, []).append(constraint)
 
     with client.pipeline(transaction=False) as pipe:
@@ -108,13 +112,16 @@ def read_catalog(
 
 
 def read_status(
-    client: redis.Redis, prefix: str, constraints: Sequence[Constraint]
+    client: redis.Redis,
+    prefix: str,
+    constraints: Sequence[Constraint],
+    handlers: HandlerRegistry | None = None,
 ) -> list[PoolStatus]:
     """Every pool registered under ``prefix`` or governed by ``constraints``, by name.
 
-    ``constraints`` as for :func:`read_catalog`. Raises redis-py's errors.
+    ``constraints`` and ``handlers`` as for :func:`read_catalog`. Raises redis-py's errors.
     """
-    catalog = read_catalog(client, prefix, constraints)
+    catalog = read_catalog(client, prefix, constraints, handlers)
     names = catalog.names
     with client.pipeline(transaction=False) as pipe:
         for name in names:

@@ -23,6 +23,7 @@ from cascade_celery.pools.keys import (
     constraints_signed,
     constraints_version,
 )
+from cascade_celery.text import text
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,12 @@ Validator = Callable[[Constraint], None]
 
 
 class ConstraintStore:
-    """Read and change the constraint set stored under one prefix."""
+    """Read and change the constraint set stored under one prefix.
+
+    What it writes was validated by its caller at the edge it came in by (the Python
+    API, an MQTT payload); what it reads back is validated with ``validate`` (Redis is
+    shared: an entry may be damaged, or of a type this installation lacks).
+    """
 
     def __init__(self, client: redis.Redis, prefix: str, validate: Validator) -> None:
         self.client = client
@@ -43,12 +49,11 @@ class ConstraintStore:
         self._signed = constraints_signed(prefix)
 
     def put(self, constraint: Constraint) -> bool:
-        """Validate and store ``constraint`` (replacing one with the same id), then announce.
+        """Store a validated ``constraint`` (replacing one with the same id), then announce.
 
         Storing what is already stored changes nothing; storing one whose ``expires_at``
         has passed removes the entry with its id. Return whether anything changed.
         """
-        self._validate(constraint)
         if constraint.is_expired(time.time()):
             return self.delete(constraint.id)
         data = _encode(constraint)
@@ -99,7 +104,7 @@ class ConstraintStore:
 
     def ids(self) -> set[str]:
         """The ids of every stored constraint."""
-        return {str(_text(key)) for key in self.client.hkeys(self._hash)}
+        return {text(key) for key in self.client.hkeys(self._hash)}
 
     def has_history(self) -> bool:
         """Whether the set was ever changed in this Redis (false after losing its data)."""
@@ -121,7 +126,7 @@ class ConstraintStore:
                 constraint = Constraint.from_dict(json.loads(raw))
                 self._validate(constraint)
             except (ValueError, InvalidConstraint) as exc:
-                logger.error("cascade: skipping stored constraint %r: %s", key, exc)
+                logger.error("cascade: skipping stored constraint %r: %s", text(key), exc)
                 continue
             constraints.append(constraint)
         return int(version or 0), constraints
@@ -153,9 +158,9 @@ class ConstraintStore:
         now = time.time()
         live, stale = {}, []
         for key, raw in self.client.hgetall(self._applied).items():
-            process = str(_text(key))
+            process = text(key)
             try:
-                version, alive_until = str(_text(raw)).split()
+                version, alive_until = text(raw).split()
                 if float(alive_until) >= now:
                     live[process] = int(version)
                     continue
@@ -172,6 +177,5 @@ def _encode(constraint: Constraint) -> str:
 
 
 def _text(value: object) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """A reply as text; None (a missing key) stays None."""
+    return None if value is None else text(value)

@@ -21,6 +21,7 @@ from celery.backends.base import DisabledBackend
 
 from cascade_celery.constraints.model import Constraint
 from cascade_celery.constraints.rate import RATE_GUARD_MS, window_of_pool
+from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.pools.keys import pool_keys
 from cascade_celery.status import PoolCatalog, read_catalog
 from cascade_celery.text import text
@@ -127,13 +128,15 @@ def explain(
     constraints: Sequence[Constraint],
     *,
     lease_seconds: float,
+    handlers: HandlerRegistry | None = None,
 ) -> Why:
     """Where ``task_id`` waits and what it holds, in every pool under ``prefix``.
 
-    ``constraints`` are the active ones; ``lease_seconds`` dates reservations. The
-    result backend's state is the caller's to add. Raises redis-py's errors.
+    ``constraints`` are the active ones (``handlers``: their types, as for
+    ``status.read_catalog``); ``lease_seconds`` dates reservations. The result
+    backend's state is the caller's to add. Raises redis-py's errors.
     """
-    catalog = read_catalog(client, prefix, constraints)
+    catalog = read_catalog(client, prefix, constraints, handlers)
     found = _find(client, prefix, task_id, catalog.names)
     return Why(task_id, _views(client, prefix, task_id, catalog, found, lease_seconds))
 

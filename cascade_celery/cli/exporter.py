@@ -47,8 +47,8 @@ def exporter(ctx: click.Context, port: int, addr: str, interval: float, max_pool
             api.config.redis_url, socket_connect_timeout=5.0, socket_timeout=5.0
         )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(CascadeCollector(client, api.config.redis_prefix,
-                                       max_pools=max_pools, interval=interval))  # fmt: skip
+    registry.register(CascadeCollector(client, api.config.redis_prefix, max_pools=max_pools,
+                                       interval=interval, handlers=api.handlers))  # fmt: skip
     try:
         server, thread = start_http_server(port, addr=addr, registry=registry)
     except OSError as exc:

@@ -138,7 +138,7 @@ def _frame(
 ) -> str:
     """Read the constraints, pools and processes now, and render them."""
     active = api.constraints()
-    pools = read_status(client, api.config.redis_prefix, active)
+    pools = read_status(client, api.config.redis_prefix, active, api.handlers)
     version, processes = api.processes()
     return status_frame(
         active, pools, version, processes, time.time(),

@@ -76,6 +76,11 @@ class ConstraintIndex:
             found.extend(self._exact.get(key, {}).values())
         return sorted(found, key=lambda c: self._entries[c.id][0])
 
+    def pools_of(self, constraint_id: str) -> tuple[str, ...]:
+        """The pools whose capacity the indexed constraint ``constraint_id`` sets."""
+        entry = self._entries.get(constraint_id)
+        return () if entry is None else entry[2]
+
     def capacities(self, pool: str) -> list[tuple[Constraint, int]]:
         """(constraint, capacity) for every indexed constraint that sizes ``pool``."""
         return list(self._pools.get(pool, {}).values())

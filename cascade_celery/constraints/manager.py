@@ -3,46 +3,30 @@
 It is the single entry point for changes (``apply``, ``remove``, ``replace_all``,
 ``expire``) and is pure: it does no I/O. Whoever owns it learns which pools' capacity
 may have changed through ``on_pools_changed``.
+
+Its ``version`` moves on every change, and also when a time-dependent handler's decision
+flips on its own (``ConstraintHandler.next_change``: a window opening or closing): what
+a caller learnt under one version (a task needs no pool) holds until the next.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 
+from cascade_celery.constraints.decision import FREE, Decision
 from cascade_celery.constraints.handlers.base import ConstraintHandler
 from cascade_celery.constraints.index import ConstraintIndex
 from cascade_celery.constraints.model import Constraint, TaskInfo
 from cascade_celery.constraints.rate import scope_of_pool
-from cascade_celery.errors import ConfigurationError, InvalidConstraint
+from cascade_celery.constraints.registry import HandlerRegistry
+
+__all__ = ["FREE", "RATE_LIMIT", "ConstraintManager", "Decision", "PoolsChanged"]
 
 PoolsChanged = Callable[[set[str]], None]
 #: The type whose runtime constraints replace the rate a task declares in code.
 RATE_LIMIT = "rate_limit"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What a task needs before it may start.
-
-    ``pools`` lists every pool to acquire, in order: the hold pools of denying
-    constraints first (capacity 0), then the requirements. ``capacities`` gives each
-    pool's capacity (None: unlimited).
-    """
-
-    pools: tuple[tuple[str, int], ...]
-    capacities: Mapping[str, int | None]
-    denied_by: Constraint | None = None
-
-    @property
-    def is_free(self) -> bool:
-        """Nothing to acquire: the task may start without touching Redis."""
-        return not self.pools
-
-
-FREE = Decision(pools=(), capacities={})
 
 
 class ConstraintManager:
@@ -50,58 +34,49 @@ class ConstraintManager:
 
     def __init__(
         self,
-        handlers: Sequence[ConstraintHandler],
+        handlers: HandlerRegistry | Sequence[ConstraintHandler],
         *,
         clock: Callable[[], float] = time.time,
         on_pools_changed: PoolsChanged | None = None,
     ) -> None:
-        self._handlers: dict[str, ConstraintHandler] = {}
-        for handler in handlers:
-            if handler.type in self._handlers:
-                raise ConfigurationError(f"two handlers claim constraint type {handler.type!r}")
-            self._handlers[handler.type] = handler
+        #: The handlers, by type (a sequence is registered here: ConfigurationError on
+        #: a duplicate type).
+        self.handlers = (
+            handlers if isinstance(handlers, HandlerRegistry) else HandlerRegistry(handlers)
+        )
         self._clock = clock
         self._lock = threading.RLock()
         self._active: dict[str, Constraint] = {}
         self._index = ConstraintIndex()
         self._defaults: dict[str, int] = {}
+        #: When each time-dependent constraint's decisions next change on their own.
+        self._changes: dict[str, float] = {}
+        self._next_change: float | None = None
         self.on_pools_changed = on_pools_changed
-        #: Bumped on every change; lets a caller notice a change it raced with.
-        self.version = 0
+        self._version = 0
 
-    # -- validation -------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """Bumped on every change, and when a time-dependent decision flips."""
+        if self._next_change is not None and self._clock() >= self._next_change:
+            self._advance()
+        return self._version
 
     @property
     def types(self) -> frozenset[str]:
         """The constraint types a handler is registered for."""
-        return frozenset(self._handlers)
+        return self.handlers.types
 
     def validate(self, constraint: Constraint) -> None:
         """Raise InvalidConstraint unless a handler owns the type and accepts the params."""
-        handler = self._handlers.get(constraint.type)
-        if handler is None:
-            known = ", ".join(sorted(self._handlers))
-            raise InvalidConstraint(f"unknown type {constraint.type!r} (known: {known})")
-        handler.validate(constraint)
+        self.handlers.validate(constraint)
 
     # -- changes ----------------------------------------------------------------------
 
     def apply(self, constraint: Constraint) -> None:
-        """Add ``constraint``, replacing one with the same id."""
+        """Validate ``constraint`` and add it, replacing one with the same id."""
         self.validate(constraint)
-        with self._lock:
-            old = self._active.get(constraint.id)
-            if old == constraint:
-                return
-            self._active[constraint.id] = constraint
-            self._index.put(constraint, self._handlers[constraint.type].pool_capacities(constraint))
-            self.version += 1
-            changed = self._pools_of(constraint)
-            if old is not None:
-                changed |= self._pools_of(old)
-                self._handlers[old.type].on_constraint_remove(old)
-            self._handlers[constraint.type].on_constraint_add(constraint)
-        self._notify(changed)
+        self._put(constraint)
 
     def remove(self, constraint_id: str) -> Constraint | None:
         """Remove the constraint with this id; return it, or None if it wasn't active."""
@@ -109,35 +84,63 @@ class ConstraintManager:
             old = self._active.pop(constraint_id, None)
             if old is None:
                 return None
+            changed = self._pools_of(old)
             self._index.discard(constraint_id)
-            self.version += 1
-            self._handlers[old.type].on_constraint_remove(old)
-        self._notify(self._pools_of(old))
+            self._schedule(old, None)
+            self._version += 1
+            self.handlers[old.type].on_constraint_remove(old)
+        self._notify(changed)
         return old
 
-    def replace_all(self, constraints: Iterable[Constraint]) -> None:
-        """Make ``constraints`` the active set, firing hooks only for what differs."""
+    def replace_all(self, constraints: Iterable[Constraint], *, validated: bool = False) -> None:
+        """Validate ``constraints`` (all before any change; not again if the caller did,
+        ``validated``) and make them the active set, firing hooks only for what differs."""
         wanted = {c.id: c for c in constraints}
-        for constraint in wanted.values():
+        for constraint in () if validated else wanted.values():
             self.validate(constraint)
         with self._lock:
             current = dict(self._active)
         for constraint_id in current.keys() - wanted.keys():
             self.remove(constraint_id)
         for constraint in wanted.values():
-            self.apply(constraint)
+            self._put(constraint)
+
+    def _put(self, constraint: Constraint) -> None:
+        """Add a validated ``constraint``, replacing one with the same id."""
+        handler = self.handlers[constraint.type]
+        with self._lock:
+            old = self._active.get(constraint.id)
+            if old == constraint:
+                return
+            changed = set() if old is None else self._pools_of(old)
+            self._active[constraint.id] = constraint
+            self._index.put(constraint, handler.pool_capacities(constraint))
+            self._schedule(constraint, handler.next_change(constraint, self._clock()))
+            self._version += 1
+            changed |= self._pools_of(constraint)
+            if old is not None:
+                self.handlers[old.type].on_constraint_remove(old)
+            handler.on_constraint_add(constraint)
+        self._notify(changed)
 
     def expire(self) -> list[Constraint]:
-        """Remove every constraint whose ``expires_at`` has passed; return them."""
+        """Remove every constraint whose ``expires_at`` has passed; return them.
+
+        Time-dependent decisions due to flip flip too (their pools are reported changed).
+        """
         now = self._clock()
+        self._advance()
         with self._lock:
             expired = [c for c in self._active.values() if c.is_expired(now)]
         return [c for c in (self.remove(c.id) for c in expired) if c is not None]
 
     def next_expiry(self) -> float | None:
-        """The earliest ``expires_at`` among active constraints, or None."""
+        """The earliest ``expires_at`` or time-dependent change among active constraints
+        (when ``expire`` has work next), or None."""
         with self._lock:
             times = [c.expires_at for c in self._active.values() if c.expires_at is not None]
+            if self._next_change is not None:
+                times.append(self._next_change)
         return min(times, default=None)
 
     def set_default_capacity(self, pool: str, capacity: int) -> None:
@@ -146,7 +149,7 @@ class ConstraintManager:
             if self._defaults.get(pool) == capacity:
                 return
             self._defaults[pool] = capacity
-            self.version += 1
+            self._version += 1
         self._notify({pool})
 
     # -- queries (hot path) -----------------------------------------------------------
@@ -160,6 +163,7 @@ class ConstraintManager:
     def evaluate(self, task: TaskInfo) -> Decision:
         """Decide what ``task`` must acquire before it starts."""
         now = self._clock()
+        self._advance()
         holds: dict[str, int] = {}
         requirements: dict[str, int] = dict(task.resources)
         denied_by: Constraint | None = None
@@ -167,7 +171,7 @@ class ConstraintManager:
             for constraint in self._index.matching(task):
                 if constraint.is_expired(now):
                     continue
-                handler = self._handlers[constraint.type]
+                handler = self.handlers[constraint.type]
                 if not handler.check_permission(constraint, task):
                     holds[handler.hold_pool(constraint)] = 1
                     denied_by = denied_by or constraint
@@ -185,11 +189,13 @@ class ConstraintManager:
 
     def capacity_of(self, pool: str) -> int | None:
         """The pool's capacity in this process's view (None: unlimited)."""
+        self._advance()
         with self._lock:
             return self._capacity_of(pool, self._clock())
 
     def knows(self, pool: str) -> bool:
         """Whether an active constraint or a code default governs ``pool`` here."""
+        self._advance()
         with self._lock:
             now = self._clock()
             return pool in self._defaults or any(
@@ -222,11 +228,40 @@ class ConstraintManager:
         )
 
     def _pools_of(self, constraint: Constraint) -> set[str]:
-        pools = set(self._handlers[constraint.type].pool_capacities(constraint))
+        pools = set(self._index.pools_of(constraint.id))
         if constraint.type == RATE_LIMIT:  # the code-declared windows it replaces
             scope = str(constraint.scope)
             pools |= {pool for pool in self._defaults if scope_of_pool(pool) == scope}
         return pools
+
+    # -- time-dependent decisions -------------------------------------------------------
+
+    def _schedule(self, constraint: Constraint, at: float | None) -> None:
+        """Note when ``constraint``'s decisions next change on their own (holding the lock)."""
+        if at is None or at <= self._clock():  # None, or a past time: nothing to wait for
+            self._changes.pop(constraint.id, None)
+        else:
+            self._changes[constraint.id] = at
+        self._next_change = min(self._changes.values(), default=None)
+
+    def _advance(self) -> None:
+        """Re-read the capacities of constraints whose decisions flipped; bump the version."""
+        if self._next_change is None:  # the common case: nothing time-dependent, no lock
+            return
+        changed: set[str] = set()
+        with self._lock:
+            now = self._clock()
+            if self._next_change is None or now < self._next_change:
+                return
+            for constraint_id in [i for i, at in self._changes.items() if at <= now]:
+                constraint = self._active[constraint_id]
+                handler = self.handlers[constraint.type]
+                changed |= self._pools_of(constraint)
+                self._index.put(constraint, handler.pool_capacities(constraint))
+                changed |= self._pools_of(constraint)
+                self._schedule(constraint, handler.next_change(constraint, now))
+            self._version += 1
+        self._notify(changed)
 
     def _notify(self, pools: set[str]) -> None:
         if pools and self.on_pools_changed is not None:

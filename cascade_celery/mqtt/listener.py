@@ -29,8 +29,8 @@ from typing import Any
 import redis
 
 from cascade_celery.config import MqttSettings
-from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import Constraint
+from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.errors import InvalidConstraint
 from cascade_celery.mqtt import protocol
 from cascade_celery.mqtt.client import make_client
@@ -47,13 +47,15 @@ class ConstraintListener:
         settings: MqttSettings,
         prefix: str,
         store: ConstraintStore,
-        manager: ConstraintManager,
+        handlers: HandlerRegistry,
         client_id: str,
     ) -> None:
         self.settings = settings
         self.prefix = prefix
         self.store = store
-        self._validate = manager.validate
+        #: Validates each payload once, with the installation's handlers (a type this
+        #: worker lacks is rejected here); the store then trusts it.
+        self._validate = handlers.validate
         self._signer = settings.signer()
         #: When the last accepted signed payload of each id was signed.
         self._last_signed: dict[str, float] = {}

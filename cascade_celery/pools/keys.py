@@ -6,9 +6,9 @@ Per pool ``<name>`` (``<p>`` is the ``cascade_redis_prefix`` setting)::
     <p>:{pool:<name>}:used       STRING  units held by running leases and reservations
     <p>:{pool:<name>}:holders    ZSET    lease member -> expiry (ms, Redis clock)
     <p>:{pool:<name>}:units      HASH    member -> units
-    <p>:{pool:<name>}:waiters    ZSET    parked task id -> arrival sequence
+    <p>:{pool:<name>}:waiters    ZSET    parked task id -> arrival (ms; when its worker got it)
     <p>:{pool:<name>}:parked     HASH    parked task id -> message payload
-    <p>:{pool:<name>}:seq        STRING  arrival counter
+    <p>:{pool:<name>}:stats      HASH    counters and histograms the scripts keep (below)
 
 Per app::
 
@@ -25,6 +25,17 @@ Per app::
     <p>:constraints:changed      pub/sub channel announcing a new version
     <p>:constraints:applied      HASH    worker process -> "<version> <alive-until unix time>"
     <p>:constraints:signed       HASH    constraint id -> signed_at of its last accepted payload
+
+The stats hash (written by lua/includes/stats.lua, read by the exporter) holds counters
+since the hash was made: ``parked``, ``requeued``, ``handoffs:direct``,
+``handoffs:published``, ``admitted:acquire``, ``admitted:reservation``, ``released``,
+``reclaimed:lease``, ``reclaimed:reservation``, ``lost_leases``; and two histograms,
+``wait`` (park to hand-off) and ``handoff`` (hand-off to the task taking its
+reservation), each as ``<name>:<bound ms>`` / ``<name>:inf`` bucket counts (not
+cumulative) and ``<name>:sum`` (ms). Unlike the other keys it expires: every script
+that writes it sets its TTL to an hour, so a pool left alone leaves no stats behind
+an hour later (its counters start again from zero, which Prometheus reads as a reset)
+and counters never keep a dead pool's keys alive.
 
 One pool's keys share the hash tag ``{pool:<name>}``, so every single-pool script runs
 on one Redis Cluster slot. Decision: an all-or-none acquire across *several* pools
@@ -53,7 +64,7 @@ class PoolKeys(NamedTuple):
     units: str
     waiters: str
     parked: str
-    seq: str
+    stats: str
 
 
 _ESCAPES = {"%": "%25", "{": "%7B", "}": "%7D"}
@@ -74,6 +85,11 @@ def pool_keys(prefix: str, pool: str) -> PoolKeys:
     """The keys of ``pool``."""
     base = f"{prefix}:{{pool:{_escape(pool)}}}"
     return PoolKeys(*(f"{base}:{part}" for part in PoolKeys._fields))
+
+
+def stats_of(key: str) -> str:
+    """The stats HASH of the pool ``key`` (any one of its keys) belongs to."""
+    return f"{key.rsplit(':', 1)[0]}:stats"
 
 
 def pool_registry(prefix: str) -> str:

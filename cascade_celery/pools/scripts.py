@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from cascade_celery.pools.keys import POOL_KEY_COUNT, PoolKeys
+from cascade_celery.pools.keys import POOL_KEY_COUNT, PoolKeys, stats_of
 from cascade_celery.text import text
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_/]+)"$', re.MULTILINE)
@@ -206,7 +206,8 @@ class Scripts:
 
     def renew(self, holders: Sequence[str], *, member: str, lease_seconds: float) -> list[int]:
         """Extend the lease; return the 0-based indices of the pools where it was lost."""
-        reply = self._scripts["renew"](keys=list(holders), args=[member, _ms(lease_seconds)])
+        keys = [*holders, *map(stats_of, holders)]
+        reply = self._scripts["renew"](keys=keys, args=[member, _ms(lease_seconds)])
         return [int(index) - 1 for index in reply]
 
     def restamp(self, holders: Sequence[str], *, member: str) -> int:

@@ -1,8 +1,9 @@
 """Tasks known to need no pool: their executions skip the gate until the set changes.
 
 Only a change of the constraint set can make a task need a pool (an expiry only frees
-it), and every change bumps the manager's version: what was learnt under one version
-holds until the next.
+it), or a time-dependent handler's decision flipping (a maintenance window opening:
+``ConstraintHandler.next_change``). Both bump the manager's version — reading it applies
+a flip that is due — so what was learnt under one version holds until the next.
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ import redis
 from celery import Celery, Task
 
 from cascade_celery.config import CascadeConfig
-from cascade_celery.constraints.handlers import default_handlers
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import TaskInfo
+from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.redis_client import RUNTIME_OPTIONS, client_for
 from cascade_celery.runtime.admission import Admission
@@ -42,19 +42,27 @@ logger = logging.getLogger(__name__)
 class Runtime:
     """Gate tasks of one app in the current process."""
 
-    def __init__(self, app: Celery, config: CascadeConfig, *, handoff_queues: bool) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        config: CascadeConfig,
+        *,
+        handoff_queues: bool,
+        handlers: HandlerRegistry | None = None,
+    ) -> None:
         self.app = app
         self.config = config
         self.pid = os.getpid()
         #: How this process names itself when it reports the constraint version it enforces.
         self.process = f"{socket.gethostname()}:{self.pid}"
         self.client = client_for(config, **RUNTIME_OPTIONS)
-        self.manager = ConstraintManager(default_handlers())
+        self.manager = ConstraintManager(handlers or HandlerRegistry.builtin())
         self.clock = RedisClock()
         self.timers = RateTimers(self.clock, self._sweep_due)
+        self._timer_sweep = threading.local()  # the dues a timer's own sweep returns
         self.resources = ResourceManager(
             self.client, prefix=config.redis_prefix, lease_seconds=config.lease_seconds,
-            max_handoffs=config.max_handoffs, on_due=self.timers.arm,
+            max_handoffs=config.max_handoffs, on_due=self._own_due,
         )  # fmt: skip
         self.store = ConstraintStore(self.client, config.redis_prefix, self.manager.validate)
         self.contention = ContentionMemory()
@@ -150,11 +158,32 @@ class Runtime:
     # -- threads --------------------------------------------------------------------------
 
     def _listen(self) -> None:
-        self.sync.listen(self._stop, self._pool_contended, self.timers.arm)
+        self.sync.listen(self._stop, self._pool_contended, self._due_announced)
+
+    def _due_announced(self, pool: str, due_ms: int) -> None:
+        """Another process owns this due: sweep only if its sweep doesn't come."""
+        self.timers.arm(pool, due_ms, backup=True)
+
+    def _own_due(self, pool: str, due_ms: int) -> None:
+        """A script of this process returned a rate pool's next due: this process sweeps
+        then (a timer's own sweep decides after it ran, see :meth:`_sweep_due`)."""
+        found = getattr(self._timer_sweep, "dues", None)
+        if found is not None:
+            found.append((pool, due_ms))
+        else:
+            self.timers.arm(pool, due_ms)
 
     def _sweep_due(self, pool: str) -> None:
-        """A rate pool's window has room: hand it to its waiters (the timers' call)."""
-        self.sync.sweep(pool, self.sync.capacity_of(pool))
+        """A rate pool's window has room: hand it to its waiters (the timers' call). The
+        process that handed someone off owns the next due; the others back it up, so one
+        process sweeps per due once the first due has passed."""
+        self._timer_sweep.dues = []
+        try:
+            handed = self.sync.sweep(pool, self.sync.capacity_of(pool))
+        finally:
+            dues, self._timer_sweep.dues = self._timer_sweep.dues, None
+        for swept, due_ms in dues:
+            self.timers.arm(swept, due_ms, backup=not handed)
 
     def _pool_contended(self, pool: str) -> None:
         """``pool`` got a line: no more take-overs there for a while; release ended leases."""

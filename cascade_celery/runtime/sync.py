@@ -97,7 +97,7 @@ class ConstraintSync:
                 self._kept_after_loss = True
                 return
             self._kept_after_loss = False
-            self.manager.replace_all(constraints)
+            self.manager.replace_all(constraints, validated=True)  # the store validated them
             self._version = version
             self._report_applied()
         self.sweep_changed()
@@ -151,13 +151,16 @@ class ConstraintSync:
             return None if value is None else int(value)
         return shared.get(pool)
 
-    def sweep(self, pool: str, capacity: int | None) -> None:
-        """Apply ``capacity`` to ``pool``, reap dead holders and hand room to waiters."""
+    def sweep(self, pool: str, capacity: int | None) -> int:
+        """Apply ``capacity`` to ``pool``, reap dead holders and hand room to waiters;
+        return how many were handed off."""
+        handed = 0
         while True:
             _, handoffs = self.resources.update_resource(pool, capacity)
             self.handoffs.publish(handoffs)
+            handed += len(handoffs)
             if len(handoffs) < self.max_handoffs:
-                return
+                return handed
 
     def sweep_all(self) -> None:
         """Reap and hand off in every known pool, with this process's view of capacities."""

@@ -6,7 +6,9 @@ subprocess imports this module (``celery -A tests.apps.gated_app worker``):
 ``CASCADE_TEST_REDIS`` (cascade's Redis), ``CASCADE_TEST_PREFIX``, ``CASCADE_TEST_LEASE``,
 ``CASCADE_TEST_VISIBILITY`` (optional broker visibility timeout, seconds),
 ``CASCADE_TEST_REDIS_OPTIONS`` (optional JSON: cascade_redis_transport_options),
-``CASCADE_TEST_MQTT`` (optional control plane) and ``CASCADE_TEST_MQTT_<OPTION>``.
+``CASCADE_TEST_MQTT`` (optional control plane), ``CASCADE_TEST_MQTT_<OPTION>`` and
+``CASCADE_TEST_HANDLERS`` (optional custom constraint handlers: ``module:Class`` paths,
+comma-separated, each built with no arguments).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 
 import redis
 from celery import Celery
+from kombu.utils.imports import symbol_by_name
 
-from cascade_celery import Cascade, GatedTask
+from cascade_celery import Cascade, ConstraintHandler, GatedTask
 from cascade_celery.task import GATED
 from tests.harness.crash import install_from_env
 
@@ -56,6 +60,7 @@ def make_app(
     mqtt_options: dict[str, object] | None = None,
     visibility_timeout: float | None = None,
     redis_options: dict[str, object] | None = None,
+    handlers: Sequence[ConstraintHandler] = (),
 ) -> Celery:
     """A fresh app whose tasks record their start and end in the broker's Redis."""
     app = Celery("gated", broker=broker, backend=broker, set_as_current=False)
@@ -88,7 +93,7 @@ def make_app(
             cascade_mqtt_connect_timeout=5.0,
             **{f"cascade_mqtt_{key}": value for key, value in (mqtt_options or {}).items()},
         )
-    Cascade(app)
+    Cascade(app, handlers=handlers)
     record = redis.Redis.from_url(broker)
     events = f"{prefix}:events"
 
@@ -168,6 +173,11 @@ def make_app(
     return app
 
 
+def handlers_from(paths: str) -> list[ConstraintHandler]:
+    """The handlers named by ``paths`` (``module:Class``, comma-separated), each built."""
+    return [symbol_by_name(path.strip())() for path in paths.split(",") if path.strip()]
+
+
 #: A task name full of characters that mean something in MQTT topics and Redis keys.
 ODD_NAME = "gated.odd/{tag}+#ü:*"
 
@@ -186,4 +196,5 @@ if "CASCADE_TEST_BROKER" in os.environ:
             for key, value in os.environ.items()
             if key.startswith("CASCADE_TEST_MQTT_")
         },
+        handlers=handlers_from(os.environ.get("CASCADE_TEST_HANDLERS", "")),
     )

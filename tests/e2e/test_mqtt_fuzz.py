@@ -19,9 +19,8 @@ from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cascade_celery import Cascade, Constraint, InvalidConstraint, Scope
-from cascade_celery.constraints.handlers import default_handlers
-from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import ID_PATTERN
+from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.mqtt import protocol
 from tests.e2e.conftest import StartWorker
 from tests.harness.mosquitto import MosquittoServer
@@ -29,7 +28,7 @@ from tests.harness.waiting import wait_for
 from tests.strategies import JSON_VALUES, near_constraints, near_valid_payloads
 
 SAMPLE = 50
-_VALIDATE = ConstraintManager(default_handlers()).validate
+_VALIDATE = HandlerRegistry.builtin().validate
 #: Ids a topic may carry: mostly valid, else with characters MQTT allows but ids don't
 #: (no "/", "+", "#", controls; no ": " so a log line names exactly one topic).
 _IDS = st.one_of(

@@ -14,7 +14,7 @@ from tests.e2e.conftest import StartWorker
 from tests.e2e.timeline import runs
 from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_for
-from tests.integration.ops.conftest import Samples, exporter, pool_sample, scrape
+from tests.integration.ops.conftest import Samples, exporter, kinds, pool_sample, scrape
 
 POOL = "constraint:concurrency:task:gated.work"
 
@@ -60,6 +60,10 @@ def test_the_exporter_follows_a_line_forming_and_draining(
         assert samples[("cascade_constraints", (("type", "concurrency"),))] == 1
         assert samples[("cascade_worker_processes", ())] >= 1
         matches_redis(samples, cascade, client, unique_prefix)
+        assert pool_sample(samples, "cascade_pool_parked_total", POOL) == 3
+        assert kinds(samples, "cascade_pool_handoffs_total", POOL) == {
+            "direct": 0, "published": 0
+        }  # fmt: skip
 
         # When the limit rises, the line is handed off while we scrape
         cascade.limit("task:gated.work", 4)
@@ -81,4 +85,20 @@ def test_the_exporter_follows_a_line_forming_and_draining(
         assert pool_sample(seen[-1], "cascade_pool_capacity_units", POOL) == 4
         assert pool_sample(seen[-1], "cascade_pool_oldest_wait_seconds", POOL) is None
         matches_redis(scrape(port), cascade, client, unique_prefix)
+
+        # And the counters say what happened: 3 parked and handed off (published: the
+        # broker is another server), each taking its reservation and giving it back
+        # when it ended; each one's wait and hand-off latency observed once
+        last = seen[-1]
+        assert pool_sample(last, "cascade_pool_parked_total", POOL) == 3
+        assert kinds(last, "cascade_pool_handoffs_total", POOL) == {"direct": 0, "published": 3}
+        assert kinds(last, "cascade_pool_admitted_total", POOL) == {
+            "acquire": 1, "reservation": 3
+        }  # fmt: skip
+        assert pool_sample(last, "cascade_pool_released_total", POOL) == 3
+        assert kinds(last, "cascade_pool_reclaimed_total", POOL) == {"lease": 0, "reservation": 0}
+        assert pool_sample(last, "cascade_pool_requeued_total", POOL) == 0
+        assert pool_sample(last, "cascade_pool_lost_leases_total", POOL) == 0
+        assert pool_sample(last, "cascade_pool_wait_seconds_count", POOL) == 3
+        assert pool_sample(last, "cascade_pool_handoff_seconds_count", POOL) == 3
     blocker.revoke(terminate=True, signal="SIGKILL")  # end it now, not in two minutes

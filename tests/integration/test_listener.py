@@ -15,9 +15,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cascade_celery.config import MqttSettings
-from cascade_celery.constraints.handlers import default_handlers
-from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import Constraint, Scope
+from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.errors import ControlPlaneUnavailable
 from cascade_celery.mqtt.listener import ConstraintListener
 from cascade_celery.mqtt.protocol import MAX_PAYLOAD_BYTES, encode, topic_for
@@ -66,9 +65,7 @@ class Harness:
         self.prefix = prefix
         self.settings = MqttSettings.from_url(mosquitto.url)
         self.redis = redis_server.client()
-        self.store = ConstraintStore(
-            self.redis, prefix, ConstraintManager(default_handlers()).validate
-        )
+        self.store = ConstraintStore(self.redis, prefix, HandlerRegistry.builtin().validate)
         self._listeners: list[ConstraintListener] = []
 
     def listener(self, client_id: str | None = None) -> ConstraintListener:
@@ -76,7 +73,7 @@ class Harness:
             self.settings,
             self.prefix,
             self.store,
-            ConstraintManager(default_handlers()),
+            HandlerRegistry.builtin(),
             client_id=client_id or f"{self.prefix}-{uuid.uuid4().hex[:6]}",
         )
         self._listeners.append(listener)

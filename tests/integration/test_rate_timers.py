@@ -4,6 +4,7 @@ periodic sweep; each due fires once, in time order."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -78,3 +79,36 @@ def test_timers_fire_each_due_once_in_time_order(redis_server: RedisServer) -> N
         timers.stop()
         thread.join(5)
     assert fired == ["sooner", "later"]
+
+
+def test_a_backup_timer_gives_way_to_a_newer_due_and_the_same_due_fires_once(
+    redis_server: RedisServer,
+) -> None:
+    clock = RedisClock()
+    clock.measure(redis_server.client())
+    fired: list[tuple[str, float]] = []
+    done = threading.Event()
+
+    def fire(pool: str) -> None:
+        fired.append((pool, time.monotonic()))
+        if pool == "last":
+            done.set()
+
+    timers = RateTimers(clock, fire)
+    thread = threading.Thread(target=timers.run, daemon=True)
+    thread.start()
+    seconds, micros = redis_server.client().time()
+    now_ms = seconds * 1000 + micros // 1000
+    try:
+        # A backup for a due, replaced by the newer due its owner announced
+        timers.arm("p", now_ms + 100, backup=True)
+        timers.arm("p", now_ms + 200, backup=True)
+        # The same due heard as its owner and announced: fires once
+        timers.arm("q", now_ms + 150)
+        timers.arm("q", now_ms + 150, backup=True)
+        timers.arm("last", now_ms + 400)
+        assert done.wait(10)
+    finally:
+        timers.stop()
+        thread.join(5)
+    assert [pool for pool, _ in fired] == ["q", "p", "last"]

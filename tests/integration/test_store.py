@@ -7,16 +7,15 @@ import time
 
 import pytest
 
-from cascade_celery.constraints.handlers import default_handlers
-from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import Constraint, Scope
+from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.store import ConstraintStore
 from tests.harness.redis_server import RedisServer
 
 
 @pytest.fixture
 def store(redis_server: RedisServer, unique_prefix: str) -> ConstraintStore:
-    validate = ConstraintManager(default_handlers()).validate
+    validate = HandlerRegistry.builtin().validate
     return ConstraintStore(redis_server.client(), unique_prefix, validate)
 
 

@@ -20,6 +20,7 @@ from cascade_celery.pools.keys import (
     pool_defaults,
     pool_keys,
     pool_registry,
+    stats_of,
 )
 
 
@@ -106,3 +107,9 @@ def test_a_contended_announcement_names_its_pool_back(name: str) -> None:
     assert match.group(1) == "a:{b}"
     assert contended_pool(match.group(2).encode()) == name
     assert contended_channel("a:{b}") == "a:{b}:pools:contended"
+
+
+def test_any_key_of_a_pool_names_its_stats_hash() -> None:
+    keys = pool_keys("a:{b}", "x:{y}:holders")
+
+    assert {stats_of(key) for key in keys} == {keys.stats}

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from cascade_celery.exporter.stats import HANDOFF_BUCKETS_MS, WAIT_BUCKETS_MS
 from cascade_celery.pools.keys import pool_keys
 from cascade_celery.pools.scripts import SCRIPT_NAMES, SOURCES, Scripts, load_lua
 
@@ -168,4 +169,25 @@ def test_wrappers_convert_seconds_to_milliseconds_and_none_to_unlimited() -> Non
     scripts.renew([pool.holders], member="m", lease_seconds=0.0001)
 
     assert client.calls["set_capacity"] == {"keys": list(pool), "args": [-1, 250, 7]}
-    assert client.calls["renew"]["args"] == ["m", 1]
+    assert client.calls["renew"] == {"keys": [pool.holders, pool.stats], "args": ["m", 1]}
+
+
+@pytest.mark.parametrize(
+    ("table", "bounds"),
+    [("WAIT_BUCKETS_MS", WAIT_BUCKETS_MS), ("HANDOFF_BUCKETS_MS", HANDOFF_BUCKETS_MS)],
+)
+def test_the_exporter_knows_the_histogram_buckets_the_scripts_fill(
+    table: str, bounds: tuple[int, ...]
+) -> None:
+    match = re.search(rf"local {table} = \{{([^}}]*)\}}", raw_source("includes/stats"))
+
+    assert match is not None
+    assert tuple(int(bound) for bound in match.group(1).split(",")) == bounds
+    assert list(bounds) == sorted(set(bounds))
+
+
+def test_every_script_that_includes_the_pool_helpers_includes_the_stats_first() -> None:
+    for name in SCRIPT_NAMES:
+        source = raw_source(name)
+        if '--- @include "includes/pool"' in source:
+            assert '--- @include "includes/stats"\n--- @include "includes/pool"' in source, name

@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cascade_celery.constraints.handlers import default_handlers
-from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import ID_PATTERN, Constraint, Scope
+from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.errors import InvalidConstraint
 from cascade_celery.mqtt.protocol import (
     MAX_PAYLOAD_BYTES,
@@ -27,7 +26,7 @@ from tests.strategies import JSON_VALUES, NEAR_CONSTRAINTS, near_valid_payloads
 
 PREFIX = "cascade"
 TOPIC = "cascade/constraints/limit-charge"
-VALIDATE = ConstraintManager(default_handlers()).validate
+VALIDATE = HandlerRegistry.builtin().validate
 
 
 def limit_payload(**overrides: Any) -> dict[str, Any]:

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cascade_celery.constraints.handlers import default_handlers
-from cascade_celery.constraints.manager import ConstraintManager
+from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.errors import InvalidConstraint
 from cascade_celery.mqtt.protocol import Change, decode
 from cascade_celery.mqtt.signing import Signer, canonical
@@ -19,7 +18,7 @@ from cascade_celery.mqtt.signing import Signer, canonical
 SECRET = "correct horse battery staple"  # noqa: S105  # a test secret
 TOPIC = "cascade/constraints/hold"
 NOW = 1_800_000_000.0
-VALIDATE = ConstraintManager(default_handlers()).validate
+VALIDATE = HandlerRegistry.builtin().validate
 PAUSE = {"id": "hold", "type": "pause", "scope": "task:shop.charge"}
 
 

@@ -12,8 +12,11 @@ class ConstraintHandler:
     """Turns constraints of one ``type`` into decisions and pool requirements.
 
     Every hook is a no-op by default; a handler implements the subset it needs.
-    Handlers are registered explicitly with the ``ConstraintManager``, one per ``type``.
-    They must be pure: the manager calls them on the task hot path, so no I/O.
+    Handlers are registered explicitly, one per ``type``: ``Cascade(app, handlers=[...])``
+    (see docs/EXTENDING.md). They must be pure: the manager calls them on the task hot
+    path, so no I/O. One instance may serve several managers in a process (a worker's,
+    and the read-only one ``status`` builds), so the add/remove hooks keep no state a
+    second manager would disturb.
     """
 
     #: The constraint type this handler owns, e.g. ``"pause"``.
@@ -40,6 +43,17 @@ class ConstraintHandler:
     def pool_capacities(self, constraint: Constraint) -> Mapping[str, int]:
         """The capacity this constraint sets on each pool it governs."""
         return {}
+
+    def next_change(self, constraint: Constraint, now: float) -> float | None:
+        """When ``check_permission`` or ``pool_capacities`` next change on their own.
+
+        Unix seconds after ``now``, or None (the default): they change only when the
+        constraint does. A time-dependent handler (a window that opens and closes)
+        returns the next instant its answers flip; the manager then re-reads
+        ``pool_capacities`` and bumps its version, so no task stays cached as needing no
+        pool and tasks parked in a hold pool that opens are handed off.
+        """
+        return None
 
     def hold_pool(self, constraint: Constraint) -> str:
         """The pool (of capacity 0) where tasks this constraint denies wait."""

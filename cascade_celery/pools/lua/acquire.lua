@@ -19,6 +19,10 @@
   are released first, as release.lua would: so a process running task after task
   spends one round trip per task, not two.
 
+  Counted (includes/stats.lua): each pool's admission, "admitted:reservation" when the
+  task took over its reservation there, else "admitted:acquire"; the hand-off latency
+  of every reservation its task takes or gives back; and what the helpers count.
+
   Clock: Redis TIME.
 
   Input:
@@ -53,6 +57,7 @@
     dues: (pool index, due ms) pairs, one per rate pool with waiters (see
     includes/pool.lua)
 ]]
+--- @include "includes/stats"
 --- @include "includes/pool"
 
 local task_id = ARGV[1]
@@ -82,27 +87,18 @@ for j = 1, released_count do
     local k = pool_keys(index)
     release_lease(k, member)
     if not required[k.capacity] then
-      reap(k, now)
-      dispatch(k, index, now, ttl_ms, max_handoffs, out)
+      refresh(k, index, nil, now, ttl_ms, max_handoffs, out)
     end
   end
 end
 
 for i = 1, pool_count do
-  local k = pool_keys(i)
-  apply_capacity(k, capacity_arg(i))
-  reap(k, now)
-  dispatch(k, i, now, ttl_ms, max_handoffs, out)
+  refresh(pool_keys(i), i, capacity_arg(i), now, ttl_ms, max_handoffs, out)
 end
 
 -- Reservations in pools the task no longer needs go to the next waiter.
 for i = pool_count + 1, pool_count + stale_count do
-  local k = pool_keys(i)
-  local reserved = drop_reservation(k, task_id)
-  if reserved then
-    add_used(k, -reserved)
-    dispatch(k, i, now, ttl_ms, max_handoffs, out)
-  end
+  give_back(pool_keys(i), i, task_id, now, ttl_ms, max_handoffs, out)
 end
 
 local blocked = 0
@@ -124,12 +120,7 @@ end
 
 if blocked > 0 then
   for i = 1, pool_count do
-    local k = pool_keys(i)
-    local reserved = drop_reservation(k, task_id)
-    if reserved then
-      add_used(k, -reserved)
-      dispatch(k, i, now, ttl_ms, max_handoffs, out)
-    end
+    give_back(pool_keys(i), i, task_id, now, ttl_ms, max_handoffs, out)
   end
   out[2] = blocked
   local payload = ARGV[first_released + 2 * released_count]
@@ -145,8 +136,9 @@ end
 for i = 1, pool_count do
   local k = pool_keys(i)
   local units = units_arg(i)
-  local reserved = drop_reservation(k, task_id)
+  local reserved = drop_reservation(k, task_id, now)
   add_used(k, units - (reserved or 0))
+  count(k.stats, reserved and 'admitted:reservation' or 'admitted:acquire')
   redis.call('ZADD', k.holders, now + holder_ttl(k, ttl_ms), lease_member)
   redis.call('HSET', k.units, lease_member, units)
   local capacity = capacity_of(k)

@@ -8,7 +8,10 @@
   (and its guard) after now instead (the task started before now, never before its reservation), and
   the pool's due is announced (includes/pool.lua).
 
-  Clock: Redis TIME, in a rate pool only.
+  Counted (includes/stats.lua): "admitted:reservation", and the hand-off's latency
+  (its dispatch to now).
+
+  Clock: Redis TIME.
 
   Input:
     KEYS[1..7]  the pool's keys, as listed in includes/pool.lua
@@ -19,6 +22,7 @@
     1   claimed
     0   no such reservation (it expired and was reaped): the slot is not held
 ]]
+--- @include "includes/stats"
 --- @include "includes/pool"
 
 local task_id = ARGV[1]
@@ -27,8 +31,9 @@ local k = pool_keys(1)
 
 local expiry = redis.call('ZSCORE', k.holders, 'r:' .. task_id)
 if not expiry then return 0 end
-local window = window_ms(k)
-if window then expiry = now_ms() + holder_ttl(k, 0) end
-claim_reservation(k, task_id, lease_member, expiry)
+local now = now_ms()
+if window_ms(k) then expiry = now + holder_ttl(k, 0) end
+local _, handed_at = claim_reservation(k, task_id, lease_member, expiry)
+observe_handoff(k, handed_at, now)
 announce_dues(1, {})
 return 1

@@ -23,6 +23,7 @@
     dues: (pool index, due ms) pairs, one per rate pool with waiters (see
     includes/pool.lua)
 ]]
+--- @include "includes/stats"
 --- @include "includes/pool"
 
 local task_id = ARGV[1]
@@ -35,9 +36,7 @@ local k = pool_keys(1)
 local now = now_ms()
 local out = {0, 0, {}}
 
-apply_capacity(k, tonumber(ARGV[3]))
-reap(k, now)
-dispatch(k, 1, now, ttl_ms, max_handoffs, out)
+refresh(k, 1, tonumber(ARGV[3]), now, ttl_ms, max_handoffs, out)
 
 if park_in(k, task_id, units, payload, now, arrival) then
   out[1] = 1

@@ -6,10 +6,14 @@
   unclaimed reservation there becomes the task's lease, expiring one window after now
   (its task has started by now, so the log never counts it earlier than it was).
 
+  Counted (includes/stats.lua): "released" for every lease given back, and for an
+  unclaimed reservation given back; "admitted:reservation" for an unclaimed one (its
+  task started on it), without a hand-off latency (it is not known when it started).
+
   Clock: Redis TIME.
 
   Input:
-    KEYS[7*(i-1)+1 .. 7*i]  the keys of pool i, as listed in includes/pool.lua
+    KEYS[8*(i-1)+1 .. 8*i]  the keys of pool i, as listed in includes/pool.lua
     ARGV[1]                 lease member, "t:<task id>:<token>"
     ARGV[2]                 reservation ttl in milliseconds for handed-off waiters
     ARGV[3]                 most waiters to hand off per pool
@@ -21,6 +25,7 @@
     dues: (pool index, due ms) pairs, one per rate pool with waiters (see
     includes/pool.lua)
 ]]
+--- @include "includes/stats"
 --- @include "includes/pool"
 
 local lease_member = ARGV[1]
@@ -42,6 +47,8 @@ for i = 1, #KEYS / POOL_KEYS do
     local units = forget_reservation(k, unclaimed)
     if units then
       add_used(k, -units)
+      count(k.stats, 'admitted:reservation')
+      count(k.stats, 'released')
       out[1] = out[1] + 1
     end
   end

@@ -14,6 +14,7 @@
   Output:
     how many admissions were re-timed
 ]]
+--- @include "includes/stats"
 --- @include "includes/pool"
 
 local member = ARGV[1]

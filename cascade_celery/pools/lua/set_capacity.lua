@@ -22,6 +22,7 @@
     dues: (pool index, due ms) pairs, one per rate pool with waiters (see
     includes/pool.lua)
 ]]
+--- @include "includes/stats"
 --- @include "includes/pool"
 
 local ttl_ms = tonumber(ARGV[2])
@@ -30,9 +31,7 @@ local k = pool_keys(1)
 local now = now_ms()
 local out = {0, 0, {}}
 
-apply_capacity(k, tonumber(ARGV[1]))
-reap(k, now)
-dispatch(k, 1, now, ttl_ms, max_handoffs, out)
+refresh(k, 1, tonumber(ARGV[1]), now, ttl_ms, max_handoffs, out)
 out[1] = redis.call('ZCARD', k.waiters)
 out[2] = used_of(k)
 announce_dues(1, out[3])

@@ -57,4 +57,22 @@ def pool_sample(samples: Samples, metric: str, pool: str) -> float | None:
     return samples.get((metric, (("pool", pool),)))
 
 
-__all__ += ["ROOT", "pool_sample"]
+def kinds(samples: Samples, metric: str, pool: str) -> dict[str, float]:
+    """The samples of a counter with a ``kind`` label, for ``pool``, by kind."""
+    return {
+        dict(labels)["kind"]: value
+        for (name, labels), value in samples.items()
+        if name == metric and dict(labels)["pool"] == pool
+    }
+
+
+def buckets(samples: Samples, metric: str, pool: str) -> list[tuple[float, float]]:
+    """A histogram's cumulative (le, count) buckets for ``pool``, by le."""
+    return sorted(
+        (float(dict(labels)["le"]), value)
+        for (name, labels), value in samples.items()
+        if name == f"{metric}_bucket" and dict(labels)["pool"] == pool
+    )
+
+
+__all__ += ["ROOT", "buckets", "kinds", "pool_sample"]

@@ -17,16 +17,16 @@ from tests.integration.ops.conftest import ROOT
 def test_every_metric_the_dashboard_queries_is_exported(
     app: Celery, redis_server: RedisServer, unique_prefix: str
 ) -> None:
-    # Given a pool with a holder and a line, so every gauge has a sample
+    # Given a pool with a holder and a line, so every gauge, counter and histogram has a sample
     pool = "constraint:concurrency:queue:emails"
     Cascade.for_app(app).limit("queue:emails", 1)
     resources = ResourceManager(redis_server.client(), prefix=unique_prefix, lease_seconds=30)
     assert resources.try_acquire("running", [(pool, 1)], {pool: 1}).lease is not None
     assert resources.park("parked", pool, 1, 1, b"{}")[0]
-    exported = {
-        family.name
+    exported = {  # sample names: a counter's family drops "_total", a histogram has "_bucket"
+        sample.name
         for family in CascadeCollector(redis_server.client(), unique_prefix).collect()
-        if family.samples
+        for sample in family.samples
     }
 
     dashboard = json.loads((ROOT / "example_project" / "grafana-dashboard.json").read_text())

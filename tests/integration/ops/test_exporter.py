@@ -8,13 +8,15 @@ import pytest
 from celery import Celery
 
 from cascade_celery import Cascade
-from cascade_celery.pools.resources import ResourceManager
+from cascade_celery.exporter.stats import WAIT_BUCKETS_MS
+from cascade_celery.pools.resources import Lease, ResourceManager
 from cascade_celery.status import read_status
 from tests.harness.redis_server import RedisServer
-from tests.integration.ops.conftest import exporter, pool_sample, scrape
+from tests.integration.ops.conftest import buckets, exporter, kinds, pool_sample, scrape
 
 EMAILS = "constraint:concurrency:queue:emails"
 SMS = "constraint:concurrency:queue:sms"
+PUSH = "constraint:concurrency:queue:push"
 
 
 @pytest.fixture
@@ -22,12 +24,14 @@ def resources(redis_server: RedisServer, unique_prefix: str) -> ResourceManager:
     return ResourceManager(redis_server.client(), prefix=unique_prefix, lease_seconds=30)
 
 
-def fill(api: Cascade, resources: ResourceManager, scope: str, pool: str, parked: int) -> None:
-    """A limit of 1 on ``scope``, held, with ``parked`` tasks in line."""
+def fill(api: Cascade, resources: ResourceManager, scope: str, pool: str, parked: int) -> Lease:
+    """A limit of 1 on ``scope``, held (the lease returned), with ``parked`` tasks in line."""
     api.limit(scope, 1)
-    assert resources.try_acquire(f"{scope}-running", [(pool, 1)], {pool: 1}).lease is not None
+    lease = resources.try_acquire(f"{scope}-running", [(pool, 1)], {pool: 1}).lease
+    assert lease is not None
     for n in range(parked):
         assert resources.park(f"{scope}-{n}", pool, 1, 1, b"{}")[0]
+    return lease
 
 
 def test_the_metrics_match_what_redis_holds(
@@ -100,3 +104,57 @@ def test_an_unreachable_redis_reads_as_down(
         samples = scrape(port)
 
     assert samples == {("cascade_up", ()): 0}
+
+
+def test_the_counters_and_histograms_count_what_the_scripts_did(
+    env: dict[str, str], app: Celery, resources: ResourceManager, tmp_path: Path
+) -> None:
+    # Given two tasks parked behind a holder of emails, and sms held with nobody waiting
+    api = Cascade.for_app(app)
+    holder = fill(api, resources, "queue:emails", EMAILS, 2)
+    fill(api, resources, "queue:sms", SMS, 0)
+
+    with exporter("tests.apps.cli_app", env, log=tmp_path / "exporter.log") as port:
+        before = scrape(port)
+        # When the holder ends, handing its slot to the first in line
+        assert len(resources.release(holder)) == 1
+        after = scrape(port)
+
+    # Then every pool has every counter, at 0 until something happened
+    assert pool_sample(before, "cascade_pool_parked_total", EMAILS) == 2
+    assert kinds(before, "cascade_pool_handoffs_total", EMAILS) == {
+        "direct": 0, "published": 0
+    }  # fmt: skip
+    assert pool_sample(before, "cascade_pool_parked_total", SMS) == 0
+    assert kinds(before, "cascade_pool_admitted_total", SMS) == {"acquire": 1, "reservation": 0}
+    assert pool_sample(before, "cascade_pool_wait_seconds_count", EMAILS) == 0
+    # And after the release: one published hand-off with its wait observed, one release
+    assert kinds(after, "cascade_pool_handoffs_total", EMAILS) == {"direct": 0, "published": 1}
+    assert pool_sample(after, "cascade_pool_released_total", EMAILS) == 1
+    assert pool_sample(after, "cascade_pool_wait_seconds_count", EMAILS) == 1
+    assert pool_sample(after, "cascade_pool_handoff_seconds_count", EMAILS) == 0
+    wait = buckets(after, "cascade_pool_wait_seconds", EMAILS)
+    assert [le for le, _ in wait] == [b / 1000 for b in WAIT_BUCKETS_MS] + [float("inf")]
+    assert [count for _, count in wait] == sorted(count for _, count in wait)  # cumulative
+    assert wait[-1][1] == 1
+    assert pool_sample(after, "cascade_pool_wait_seconds_sum", EMAILS) >= 0
+
+
+def test_the_counters_of_pools_beyond_max_pools_are_summed_as_other(
+    env: dict[str, str], app: Celery, resources: ResourceManager, tmp_path: Path
+) -> None:
+    api = Cascade.for_app(app)
+    fill(api, resources, "queue:emails", EMAILS, 2)
+    fill(api, resources, "queue:sms", SMS, 1)
+    fill(api, resources, "queue:push", PUSH, 1)
+
+    log = tmp_path / "exporter.log"
+    with exporter("tests.apps.cli_app", env, "--max-pools", "1", log=log) as port:
+        samples = scrape(port)
+
+    assert pool_sample(samples, "cascade_pool_parked_total", EMAILS) == 2
+    assert pool_sample(samples, "cascade_pool_parked_total", "_other") == 2
+    assert kinds(samples, "cascade_pool_admitted_total", "_other") == {
+        "acquire": 2, "reservation": 0
+    }  # fmt: skip
+    assert pool_sample(samples, "cascade_pool_wait_seconds_count", "_other") == 0

@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from cascade_celery.exporter.stats import read_stats
 from cascade_celery.pools.keys import pool_keys
 from cascade_celery.pools.resources import Lease, PoolHandoff, ResourceManager
 from cascade_celery.text import text
@@ -45,6 +46,22 @@ class Pools:
 
     def is_parked(self, pool: str, task_id: str) -> bool:
         return bool(self.client.hexists(pool_keys(self.prefix, pool).parked, task_id))
+
+    def stats(self, pool: str) -> dict[str, int]:
+        """The pool's stats hash, as the exporter reads it."""
+        return dict(read_stats(self.client, self.prefix, [pool])[pool])
+
+    def counters(self, pool: str) -> dict[str, int]:
+        """The pool's counters (its stats but the histograms' fields)."""
+        histogram = ("wait:", "handoff:")
+        return {k: v for k, v in self.stats(pool).items() if not k.startswith(histogram)}
+
+    def observed(self, pool: str, histogram: str) -> int:
+        """How many observations ``histogram`` ("wait" or "handoff") has in the pool."""
+        fields = self.stats(pool).items()
+        return sum(
+            v for k, v in fields if k.startswith(f"{histogram}:") and k != f"{histogram}:sum"
+        )
 
     def now_ms(self) -> int:
         """Redis's clock, the one every script uses."""

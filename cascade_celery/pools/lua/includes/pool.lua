@@ -1,6 +1,7 @@
 --[[
   Shared helpers for one pool. Every script that includes this file receives each
-  pool's keys as 7 consecutive KEYS, in this order (see pools/keys.py):
+  pool's keys as 7 consecutive KEYS, in this order (see pools/keys.py); includes/stats.lua
+  must be included before it:
 
     capacity  STRING  units the pool may hand out; absent means unlimited
     used      STRING  units held now, by running leases and reservations
@@ -10,10 +11,11 @@
     units     HASH    member -> units, for holders and for waiting "r:<task id>" entries;
                       "q:<task id>" -> arrival position of a task handed off from the line
                       "a:<task id>" -> when the task was parked (ms), for "oldest wait"
+                      "h:<task id>" -> when it was handed off (ms), until it arrives
     waiters   ZSET    task id -> arrival (ms): when its worker received the message, else
                       when it parked (Redis clock); lowest first
     parked    HASH    task id -> message payload, until its hand-off is confirmed (or pushed)
-    seq       STRING  arrival counter
+    stats     HASH    counters and histograms (includes/stats.lua), with a TTL
 
   A pool whose line goes from empty to one waiter announces it on the pub/sub channel
   "<prefix>:pools:contended" (message: the pool's name as escaped in its keys), so
@@ -59,7 +61,7 @@ local function pool_keys(index)
   return {
     capacity = KEYS[base + 1], used = KEYS[base + 2], holders = KEYS[base + 3],
     units = KEYS[base + 4], waiters = KEYS[base + 5], parked = KEYS[base + 6],
-    seq = KEYS[base + 7],
+    stats = KEYS[base + 7],
   }
 end
 
@@ -203,12 +205,14 @@ local function push_direct(k, payload, now, capacity, units)
 end
 
 -- Give back a running task's lease; true if the pool still held it (not reaped). A
--- rate pool keeps it: the admission stays counted until its window has passed.
+-- rate pool keeps it: the admission stays counted until its window has passed (and
+-- "released" counts only leases given back).
 local function release_lease(k, member)
   if window_ms(k) then return redis.call('ZSCORE', k.holders, member) ~= false end
   if redis.call('ZREM', k.holders, member) == 0 then return false end
   add_used(k, -tonumber(redis.call('HGET', k.units, member) or '0'))
   redis.call('HDEL', k.units, member)
+  count(k.stats, 'released')
   return true
 end
 
@@ -216,6 +220,9 @@ end
 -- arrived. A reservation whose payload is still parked was never published (its
 -- publisher died): it goes back in line at its original arrival position ("q:<id>"
 -- remembers it), so it is neither lost nor moved behind later arrivals.
+-- Counted: every expired reservation ("reclaimed:reservation", and "requeued" when it
+-- goes back in line) and lease ("reclaimed:lease"); not a rate pool's expired lease,
+-- which is its window passing, not a slot taken back.
 local function reap(k, now)
   local expired = redis.call('ZRANGEBYSCORE', k.holders, '-inf', now, 'LIMIT', 0, 1000)
   for _, member in ipairs(expired) do
@@ -223,43 +230,63 @@ local function reap(k, now)
     redis.call('ZREM', k.holders, member)
     add_used(k, -units)
     local task_id = nil
-    if string.sub(member, 1, 2) == 'r:' then task_id = string.sub(member, 3) end
+    if string.sub(member, 1, 2) == 'r:' then
+      task_id = string.sub(member, 3)
+      count(k.stats, 'reclaimed:reservation')
+    elseif not window_ms(k) then
+      count(k.stats, 'reclaimed:lease')
+    end
     if task_id and redis.call('HEXISTS', k.parked, task_id) == 1 then
       local position = redis.call('HGET', k.units, 'q:' .. task_id) or 0
       add_waiter(k, position, task_id)
+      redis.call('HDEL', k.units, 'h:' .. task_id)
+      count(k.stats, 'requeued')
     else
       redis.call('HDEL', k.units, member)
-      if task_id then redis.call('HDEL', k.units, 'q:' .. task_id, 'a:' .. task_id) end
+      if task_id then
+        redis.call('HDEL', k.units, 'q:' .. task_id, 'a:' .. task_id, 'h:' .. task_id)
+      end
     end
   end
 end
 
--- Remove task_id's reservation and its bookkeeping (arrival position, parking time);
--- returns its units, nil if it holds none. Its units stay counted in `used`.
+-- Remove task_id's reservation and its bookkeeping (arrival position, parking and
+-- hand-off times); returns its units (nil if it holds none) and when it was handed off
+-- (ms; nil if not recorded). Its units stay counted in `used`.
 local function forget_reservation(k, task_id)
   local member = 'r:' .. task_id
   if redis.call('ZREM', k.holders, member) == 0 then return nil end
-  local units = tonumber(redis.call('HGET', k.units, member) or '0')
-  redis.call('HDEL', k.units, member, 'q:' .. task_id, 'a:' .. task_id)
-  return units
+  local held = redis.call('HMGET', k.units, member, 'h:' .. task_id)
+  redis.call('HDEL', k.units, member, 'q:' .. task_id, 'a:' .. task_id, 'h:' .. task_id)
+  return tonumber(held[1] or '0'), tonumber(held[2])
 end
 
--- Make task_id's reservation its lease `member`, expiring at `expiry` (ms); false if
--- it is gone (reaped).
+-- Make task_id's reservation its lease `member`, expiring at `expiry` (ms), and count
+-- the admission; false if it is gone (reaped), else true and when it was handed off.
 local function claim_reservation(k, task_id, member, expiry)
-  local units = forget_reservation(k, task_id)
+  local units, handed_at = forget_reservation(k, task_id)
   if not units then return false end
   redis.call('ZADD', k.holders, expiry, member)
   redis.call('HSET', k.units, member, units)
-  return true
+  count(k.stats, 'admitted:reservation')
+  return true, handed_at
+end
+
+-- The task handed off at `handed_at` (ms) took its reservation at `now`.
+local function observe_handoff(k, handed_at, now)
+  if handed_at then observe(k.stats, 'handoff', HANDOFF_BUCKETS_MS, now - handed_at) end
 end
 
 -- Forget a reservation (taken over by its task, or given back); returns its units.
 -- Its task has arrived, so the hand-off was published: its payload goes too, even if
--- the publisher never confirmed it (it died, or Redis was down at that moment).
-local function drop_reservation(k, task_id)
-  local units = forget_reservation(k, task_id)
-  if units then redis.call('HDEL', k.parked, task_id) end
+-- the publisher never confirmed it (it died, or Redis was down at that moment), and
+-- the hand-off's latency is observed.
+local function drop_reservation(k, task_id, now)
+  local units, handed_at = forget_reservation(k, task_id)
+  if units then
+    redis.call('HDEL', k.parked, task_id)
+    observe_handoff(k, handed_at, now)
+  end
   return units
 end
 
@@ -267,6 +294,7 @@ end
 -- reservation lease of ttl_ms (a rate pool's: its window) and is appended to `out`
 -- as (pool index, task id, payload): for the caller to publish, then confirm; or
 -- pushed here (direct format), its payload forgotten, and appended with an empty payload.
+-- Each is counted ("handoffs:direct" or "handoffs:published") and its wait observed.
 local function dispatch(k, index, now, ttl_ms, max, out)
   local capacity = capacity_of(k)
   local expiry = now + holder_ttl(k, ttl_ms)
@@ -276,21 +304,27 @@ local function dispatch(k, index, now, ttl_ms, max, out)
     if #head == 0 then break end
     local task_id = head[1]
     local member = 'r:' .. task_id
-    local units = tonumber(redis.call('HGET', k.units, member) or '1')
+    local booked = redis.call('HMGET', k.units, member, 'a:' .. task_id)
+    local units = tonumber(booked[1] or '1')
     local payload = redis.call('HGET', k.parked, task_id)
     if not payload then
       -- Nothing to publish (purged): drop the entry and look at the next one.
       redis.call('ZREM', k.waiters, task_id)
-      redis.call('HDEL', k.units, member, 'q:' .. task_id, 'a:' .. task_id)
+      redis.call('HDEL', k.units, member, 'q:' .. task_id, 'a:' .. task_id, 'h:' .. task_id)
     else
       if capacity ~= nil and used_of(k) + units > capacity then break end
-      redis.call('HSET', k.units, 'q:' .. task_id, redis.call('ZSCORE', k.waiters, task_id))
+      redis.call('HSET', k.units, 'q:' .. task_id, redis.call('ZSCORE', k.waiters, task_id),
+                 'h:' .. task_id, now)
       redis.call('ZREM', k.waiters, task_id)
       redis.call('ZADD', k.holders, expiry, member)
       add_used(k, units)
+      if booked[2] then observe(k.stats, 'wait', WAIT_BUCKETS_MS, now - tonumber(booked[2])) end
       if push_direct(k, payload, now, capacity, units) then
         redis.call('HDEL', k.parked, task_id)
         payload = ''
+        count(k.stats, 'handoffs:direct')
+      else
+        count(k.stats, 'handoffs:published')
       end
       out[#out + 1] = index
       out[#out + 1] = task_id
@@ -300,8 +334,25 @@ local function dispatch(k, index, now, ttl_ms, max, out)
   end
 end
 
--- Park a task at the back of the line unless the pool has room for it now (false:
--- acquire again). One already waiting (a duplicate delivery) keeps its place.
+-- Bring a pool up to date: the caller's view of its capacity (nil: leave it), expired
+-- holders reaped, free room handed to waiters.
+local function refresh(k, index, capacity, now, ttl_ms, max, out)
+  if capacity then apply_capacity(k, capacity) end
+  reap(k, now)
+  dispatch(k, index, now, ttl_ms, max, out)
+end
+
+-- Give task_id's reservation in a pool back: its room goes to the next waiter.
+local function give_back(k, index, task_id, now, ttl_ms, max, out)
+  local reserved = drop_reservation(k, task_id, now)
+  if reserved then
+    add_used(k, -reserved)
+    dispatch(k, index, now, ttl_ms, max, out)
+  end
+end
+
+-- Park a task in line, placed by its arrival (else now), unless the pool has room for it
+-- now (false: acquire again). One already waiting (a duplicate delivery) keeps its place.
 local function park_in(k, task_id, units, payload, now, arrival)
   payload = naming_pool(k, payload)
   if redis.call('ZSCORE', k.waiters, task_id) then
@@ -316,6 +367,7 @@ local function park_in(k, task_id, units, payload, now, arrival)
   add_waiter(k, arrival or now_precise_ms(), task_id)
   redis.call('HSET', k.parked, task_id, payload)
   redis.call('HSET', k.units, 'r:' .. task_id, units, 'a:' .. task_id, now)
+  count(k.stats, 'parked')
   return true
 end
 

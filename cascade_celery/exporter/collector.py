@@ -1,20 +1,17 @@
-"""Prometheus metrics of cascade's pools and constraints, read from Redis at scrape time.
+"""The exporter's collector: gauges, counters and histograms read from Redis per scrape.
 
 A ``prometheus_client`` custom collector (the idiomatic way for state that lives
 elsewhere): every scrape reads Redis (``status.read_status``: three pipelined round
-trips, then the constraint set and the processes' reports), unless the last reading
-is younger than ``interval`` seconds. Nothing is written but what ``status`` writes too
-(stale process reports are dropped), and no worker needs to change.
+trips, then each pool's stats hash, the constraint set and the processes' reports),
+unless the last reading is younger than ``interval`` seconds. Nothing is written but
+what ``status`` writes too (stale process reports are dropped), and no worker needs to
+change.
 
-Label cardinality is bounded: pools in use (governed, held, or waited in) are ranked by
-parked tasks, then running units, then name; the first ``max_pools`` get their own
-``pool`` label, the rest are summed under ``pool="_other"``.
-
-Counters and histograms of what happens between scrapes (parks, hand-offs, admissions,
-reclaimed leases, wait times) must be counted where it happens, in the Lua scripts
-(planned: ``cascade_pool_parked_total``, ``cascade_pool_handoffs_total``,
-``cascade_pool_admitted_total``, ``cascade_pool_reclaimed_total``,
-``cascade_pool_wait_seconds``…); until they are, they are absent rather than guessed.
+Label cardinality is bounded: pools in use (governed, held, waited in, or with stats the
+scripts kept within the last hour) are ranked by parked tasks, then running units, then
+name; the first ``max_pools`` get their own ``pool`` label, the rest are summed under
+``pool="_other"``. Every labelled pool gets every counter (0 when nothing happened yet,
+so the first event shows as an increase).
 """
 
 from __future__ import annotations
@@ -23,15 +20,15 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cascade_celery.constraints.handlers import default_handlers
-from cascade_celery.constraints.manager import ConstraintManager
+from cascade_celery.constraints.registry import HandlerRegistry
+from cascade_celery.exporter.stats import Fields, families, read_stats
 from cascade_celery.status import PoolStatus, read_status
 from cascade_celery.store import ConstraintStore
 
@@ -48,6 +45,8 @@ class Reading:
     """What one scrape read from Redis."""
 
     pools: tuple[PoolStatus, ...]
+    #: The stats fields of each pool in ``pools``, by name (summed for ``_other``).
+    stats: Mapping[str, Fields]
     #: Pools in use that got no label of their own (summed as ``_other``).
     folded: int
     constraints_by_type: dict[str, int]
@@ -68,14 +67,15 @@ class CascadeCollector(Collector):
         *,
         max_pools: int = MAX_POOLS,
         interval: float = 0.0,
+        handlers: HandlerRegistry | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.max_pools = max_pools
         self.interval = interval
-        handlers = default_handlers()
-        self._types = sorted(handler.type for handler in handlers)
-        self._store = ConstraintStore(client, prefix, ConstraintManager(handlers).validate)
+        self._handlers = handlers or HandlerRegistry.builtin()
+        self._types = sorted(self._handlers.types)
+        self._store = ConstraintStore(client, prefix, self._handlers.validate)
         self._lock = threading.Lock()
         self._last: tuple[float, Reading] | None = None
 
@@ -93,14 +93,19 @@ class CascadeCollector(Collector):
         started = time.monotonic()
         version, stored = self._store.load()
         active = [c for c in stored if not c.is_expired(time.time())]
-        pools = [pool for pool in read_status(self.client, self.prefix, active) if not pool.is_idle]
+        every = read_status(self.client, self.prefix, active, self._handlers)
+        stats = read_stats(self.client, self.prefix, [pool.name for pool in every])
+        pools = [pool for pool in every if not pool.is_idle or stats[pool.name]]
         applied = self._store.applied()
         ranked = sorted(pools, key=lambda p: (-p.parked, -p.running, p.name))
         shown, rest = ranked[: self.max_pools], ranked[self.max_pools :]
+        shown_stats = {pool.name: stats[pool.name] for pool in shown}
         if rest:
             shown.append(_summed(rest))
+            shown_stats[OTHER] = sum((stats[pool.name] for pool in rest), Counter())
         return Reading(
             pools=tuple(shown),
+            stats=shown_stats,
             folded=len(rest),
             constraints_by_type={t: 0 for t in self._types} | Counter(c.type for c in active),
             version=version,
@@ -122,6 +127,7 @@ class CascadeCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from _pool_metrics(reading.pools)
+        yield from families(reading.stats)
         yield _gauge("cascade_pools_folded", f"Pools in use summed as pool={OTHER!r}.",
                      reading.folded)  # fmt: skip
         constraints = GaugeMetricFamily(

@@ -1,0 +1,1 @@
+"""Optional constraint handlers that ship with cascade-celery (register them explicitly)."""
