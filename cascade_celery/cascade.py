@@ -22,6 +22,7 @@ from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.errors import ConfigurationError
 from cascade_celery.install import Installation, installation
 from cascade_celery.mqtt.listener import ConstraintListener
+from cascade_celery.redis_client import client_for
 from cascade_celery.runtime import Runtime
 from cascade_celery.store import ConstraintStore
 from cascade_celery.worker import HandoffQueues
@@ -158,7 +159,7 @@ class Cascade(ConstraintChanges):
     def _store(self) -> ConstraintStore:
         admin = self._admin
         if admin is None or admin[0] != os.getpid():
-            client = redis.Redis.from_url(self.config.redis_url, socket_connect_timeout=5.0)
+            client = client_for(self.config, socket_connect_timeout=5.0)
             store = ConstraintStore(client, self.config.redis_prefix, self.handlers.validate)
             admin = self._admin = (os.getpid(), store)
         return admin[1]

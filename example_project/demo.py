@@ -32,6 +32,7 @@ import redis
 from celery.result import AsyncResult
 
 from cascade_celery import Cascade, Constraint
+from cascade_celery.redis_client import client_for
 from cascade_celery.status import PoolStatus, read_status
 from example_project.partner import IN_FLIGHT, Partner
 from example_project.produce import PARTNER_SCOPE, Summary, order_ids, send_order
@@ -293,7 +294,7 @@ class LiveView:
 
     def __init__(self, cascade: Cascade, partner: Partner) -> None:
         self.cascade = cascade
-        self.redis = redis.Redis.from_url(cascade.config.redis_url, socket_timeout=5)
+        self.redis = client_for(cascade.config, socket_timeout=5)
         self.partner = partner
         self.started = time.monotonic()
 

@@ -20,11 +20,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from celery import Celery
 
 from cascade_celery import Cascade, GatedTask
 from cascade_celery.pools.resources import ResourceManager
+from cascade_celery.redis_client import client_for
 from cascade_celery.runtime import Runtime
 
 MODE = os.environ.get("CASCADE_SUITE_MODE", "task_cls")
@@ -106,7 +106,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for app in _SESSION_APPS:
         tasks = list(app.tasks.values())
         gated = sum(isinstance(task, GatedTask) for task in tasks)
-        client = redis.Redis.from_url(Cascade.for_app(app).config.redis_url)
+        client = client_for(Cascade.for_app(app).config)
         counts = {
             name: int(client.get(f"cascade-suite:{name}") or 0)
             for name in ("gated", "leased", "parked")

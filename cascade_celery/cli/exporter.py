@@ -7,12 +7,12 @@ import threading
 from types import FrameType
 
 import click
-import redis
 from celery.bin.base import CeleryCommand, CeleryOption
 
 from cascade_celery.cli.context import cascade_of, confirm, reporting_errors
 from cascade_celery.config import redact_url
 from cascade_celery.exporter import MAX_POOLS
+from cascade_celery.redis_client import client_for
 
 
 @click.command(cls=CeleryCommand)
@@ -43,9 +43,7 @@ def exporter(ctx: click.Context, port: int, addr: str, interval: float, max_pool
 
     api = cascade_of(ctx)
     with reporting_errors(ctx):
-        client = redis.Redis.from_url(
-            api.config.redis_url, socket_connect_timeout=5.0, socket_timeout=5.0
-        )
+        client = client_for(api.config, socket_connect_timeout=5.0, socket_timeout=5.0)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CascadeCollector(client, api.config.redis_prefix, max_pools=max_pools,
                                        interval=interval, handlers=api.handlers))  # fmt: skip

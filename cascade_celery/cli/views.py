@@ -20,6 +20,7 @@ from cascade_celery.cli.render import (
     format_time,
     status_frame,
 )
+from cascade_celery.redis_client import client_for
 from cascade_celery.status import read_status
 
 
@@ -82,9 +83,7 @@ def status(
     """
     api = cascade_of(ctx)
     with reporting_errors(ctx):
-        client = redis.Redis.from_url(
-            api.config.redis_url, socket_connect_timeout=5.0, socket_timeout=5.0
-        )
+        client = client_for(api.config, socket_connect_timeout=5.0, socket_timeout=5.0)
     try:
         if watch or interval is not None or count is not None:
             _watch(ctx, api, client, as_json, show_all, interval or 2.0, count)

@@ -63,6 +63,7 @@ class Runtime:
         self.resources = ResourceManager(
             self.client, prefix=config.redis_prefix, lease_seconds=config.lease_seconds,
             max_handoffs=config.max_handoffs, on_due=self._own_due,
+            wait_replicas=config.redis_wait_replicas, wait_timeout=config.redis_wait_timeout,
         )  # fmt: skip
         self.store = ConstraintStore(self.client, config.redis_prefix, self.manager.validate)
         self.contention = ContentionMemory()
