@@ -27,7 +27,8 @@ from cascade_celery.constraints.model import Constraint, Scope
 from cascade_celery.mqtt import protocol
 from cascade_celery.mqtt.listener import ConstraintListener
 from cascade_celery.mqtt.publisher import publish_retained
-from cascade_celery.pools.resources import Lease, PoolHandoff, ResourceManager
+from cascade_celery.pools.outcomes import Lease, PoolHandoff
+from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.store import ConstraintStore
 
 Result = dict[str, Any]

@@ -24,7 +24,8 @@ from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.errors import REDIS_DOWN
 from cascade_celery.pools import parking
 from cascade_celery.pools.headers import grant_of, handed_off_from
-from cascade_celery.pools.resources import Lease, ResourceManager, is_rate_pool, lease_member
+from cascade_celery.pools.outcomes import Lease, is_rate_pool, lease_member
+from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime import probe
 from cascade_celery.runtime.clock import RedisClock
 from cascade_celery.runtime.contention import ContentionMemory

@@ -18,7 +18,8 @@ from celery import Celery
 from cascade_celery.pools import direct, parking
 from cascade_celery.pools.envelope import DirectRoute
 from cascade_celery.pools.headers import HANDOFF_POOL_HEADER
-from cascade_celery.pools.resources import PoolHandoff, ResourceManager
+from cascade_celery.pools.outcomes import PoolHandoff
+from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime import probe
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 
 import redis
 
-from cascade_celery.pools.resources import Lease, ResourceManager
+from cascade_celery.pools.outcomes import Lease
+from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime import probe
 from cascade_celery.runtime.contention import ContentionMemory
 from cascade_celery.runtime.handoffs import Handoffs

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 from cascade_celery.constraints.manager import Decision
 from cascade_celery.pools.headers import Grant
-from cascade_celery.pools.resources import Lease, is_rate_pool
+from cascade_celery.pools.outcomes import Lease, is_rate_pool
 
 
 def grant_is_good(

@@ -9,7 +9,8 @@ import time
 
 from celery import Celery
 
-from cascade_celery.pools.resources import Lease, PoolHandoff, ResourceManager
+from cascade_celery.pools.outcomes import Lease, PoolHandoff
+from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime.contention import ContentionMemory
 from cascade_celery.runtime.handoffs import Handoffs
 from cascade_celery.runtime.leases import LeaseBook

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cascade_celery.pools.keys import due_channel, due_of, pool_keys
-from cascade_celery.pools.resources import is_rate_pool, lease_member
+from cascade_celery.pools.outcomes import is_rate_pool, lease_member
 
 
 def test_the_due_channel_is_the_pools_channel_of_the_prefix() -> None:

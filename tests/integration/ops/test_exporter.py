@@ -9,7 +9,8 @@ from celery import Celery
 
 from cascade_celery import Cascade
 from cascade_celery.exporter.stats import WAIT_BUCKETS_MS
-from cascade_celery.pools.resources import Lease, ResourceManager
+from cascade_celery.pools.outcomes import Lease
+from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.status import read_status
 from tests.harness.redis_server import RedisServer
 from tests.integration.ops.conftest import buckets, exporter, kinds, pool_sample, scrape

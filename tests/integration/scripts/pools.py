@@ -10,7 +10,8 @@ import redis
 
 from cascade_celery.exporter.stats import read_stats
 from cascade_celery.pools.keys import pool_keys
-from cascade_celery.pools.resources import Lease, PoolHandoff, ResourceManager
+from cascade_celery.pools.outcomes import Lease, PoolHandoff
+from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.text import text
 
 SHORT_LEASE = 0.2

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cascade_celery.pools.resources import PoolHandoff
+from cascade_celery.pools.outcomes import PoolHandoff
 from tests.integration.scripts.pools import (
     SHORT_LEASE,
     Pools,

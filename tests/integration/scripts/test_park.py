@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from cascade_celery.pools.resources import PoolHandoff, ResourceManager
+from cascade_celery.pools.outcomes import PoolHandoff
+from cascade_celery.pools.resources import ResourceManager
 from tests.integration.scripts.pools import (
     Pools,
     hold,

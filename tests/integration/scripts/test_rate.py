@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from cascade_celery.constraints.rate import RATE_GUARD_MS, parse_rate, rate_pool
-from cascade_celery.pools.resources import Lease, ResourceManager, is_rate_pool, lease_member
+from cascade_celery.pools.outcomes import Lease, is_rate_pool, lease_member
+from cascade_celery.pools.resources import ResourceManager
 from tests.integration.scripts.pools import Pools, hold, ids, park, payload
 
 WINDOW_MS = 1_000 + RATE_GUARD_MS  # how long an admission of 1/s is held

@@ -11,7 +11,8 @@ import redis
 
 from cascade_celery.constraints.rate import parse_rate, rate_pool
 from cascade_celery.pools.keys import due_channel, due_of, pool_keys
-from cascade_celery.pools.resources import ResourceManager, Sweep
+from cascade_celery.pools.outcomes import Sweep
+from cascade_celery.pools.resources import ResourceManager
 from tests.harness.redis_server import RedisServer
 from tests.integration.scripts.pools import Pools, hold, ids, park, payload
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from cascade_celery.constraints.rate import parse_rate, rate_pool
 from cascade_celery.pools.keys import handoff_direct, pool_keys
-from cascade_celery.pools.resources import Lease, ResourceManager
+from cascade_celery.pools.outcomes import Lease
+from cascade_celery.pools.resources import ResourceManager
 from tests.integration.scripts.pools import (
     SHORT_LEASE,
     Pools,
