@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import click
 from celery.bin.base import CeleryCommand
 
@@ -73,16 +75,6 @@ def pause(
     _applied(ctx, constraint, duration, wait, f"paused {scope}", forever=" until resumed")
 
 
-@click.command(cls=CeleryCommand, epilog=SCOPE_HELP)
-@scope_argument
-@id_option("Id of the pause to end (default: pause-<scope>).")
-@wait_option
-@click.pass_context
-def resume(ctx: click.Context, scope: Scope, constraint_id: str | None, wait: float | None) -> None:
-    """End the pause of SCOPE: its parked tasks start again, in arrival order."""
-    _removed(ctx, "pause", scope, constraint_id, wait, "resumed", "it was not paused")
-
-
 # Negative numbers must reach the limit check (for its message) instead of reading as options.
 @click.command(
     cls=CeleryCommand, epilog=SCOPE_HELP, context_settings={"ignore_unknown_options": True}
@@ -107,18 +99,6 @@ def limit(
             str(scope), n, seconds=duration, constraint_id=constraint_id
         )
     _applied(ctx, constraint, duration, wait, f"limited {scope} to {n} at once")
-
-
-@click.command(cls=CeleryCommand, epilog=SCOPE_HELP)
-@scope_argument
-@id_option("Id of the limit to lift (default: concurrency-<scope>).")
-@wait_option
-@click.pass_context
-def unlimit(
-    ctx: click.Context, scope: Scope, constraint_id: str | None, wait: float | None
-) -> None:
-    """Lift the concurrency limit of SCOPE."""
-    _removed(ctx, "concurrency", scope, constraint_id, wait, "unlimited", "it was not limited")
 
 
 _RATE_HELP = "RATE is N/PERIOD, PERIOD s, m, h or d with an optional count: 10/s, 300/m, 500/15m."
@@ -150,16 +130,6 @@ def rate(
     _applied(ctx, constraint, duration, wait, f"rate-limited {scope} to {' and '.join(rates)}")
 
 
-@click.command(cls=CeleryCommand, epilog=SCOPE_HELP)
-@scope_argument
-@id_option("Id of the rate limit to lift (default: rate_limit-<scope>).")
-@wait_option
-@click.pass_context
-def unrate(ctx: click.Context, scope: Scope, constraint_id: str | None, wait: float | None) -> None:
-    """Lift the rate limit of SCOPE."""
-    _removed(ctx, "rate_limit", scope, constraint_id, wait, "unrated", "it was not rate-limited")
-
-
 def _applied(
     ctx: click.Context, constraint: Constraint, duration: float | None, wait: float | None,
     done: str, *, forever: str = "",
@@ -179,3 +149,27 @@ def _removed(
     removed = _remove(ctx, type_, scope, cid)
     confirm(ctx, f"{done} {scope} (id {cid}{'' if removed else '; ' + absent})")
     _await(ctx, cid, None, wait)
+
+
+def _removal(name: str, type_: str, what: str, done: str, absent: str, doc: str) -> click.Command:
+    """The command removing the ``type_`` constraint of SCOPE (resume, unlimit, unrate)."""
+
+    @click.command(name, cls=CeleryCommand, epilog=SCOPE_HELP, help=doc)
+    @scope_argument
+    @id_option(f"Id of the {what} (default: {type_}-<scope>).")
+    @wait_option
+    @click.pass_context
+    def remove(
+        ctx: click.Context, scope: Scope, constraint_id: str | None, wait: float | None
+    ) -> None:
+        _removed(ctx, type_, scope, constraint_id, wait, done, absent)
+
+    return cast(click.Command, remove)
+
+
+_RESUME_HELP = "End the pause of SCOPE: its parked tasks start again, in arrival order."
+resume = _removal("resume", "pause", "pause to end", "resumed", "it was not paused", _RESUME_HELP)
+unlimit = _removal("unlimit", "concurrency", "limit to lift", "unlimited", "it was not limited",
+                   "Lift the concurrency limit of SCOPE.")  # fmt: skip
+unrate = _removal("unrate", "rate_limit", "rate limit to lift", "unrated",
+                  "it was not rate-limited", "Lift the rate limit of SCOPE.")  # fmt: skip

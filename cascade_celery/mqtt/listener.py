@@ -50,9 +50,7 @@ class ConstraintListener:
         handlers: HandlerRegistry,
         client_id: str,
     ) -> None:
-        self.settings = settings
-        self.prefix = prefix
-        self.store = store
+        self.settings, self.prefix, self.store = settings, prefix, store
         #: Validates each payload once, with the installation's handlers (a type this
         #: worker lacks is rejected here); the store then trusts it.
         self._validate = handlers.validate

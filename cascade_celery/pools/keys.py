@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from typing import NamedTuple
 
 from cascade_celery.text import text
@@ -92,24 +93,9 @@ def stats_of(key: str) -> str:
     return f"{key.rsplit(':', 1)[0]}:stats"
 
 
-def pool_registry(prefix: str) -> str:
-    """The SET of every pool name used under ``prefix``."""
-    return f"{prefix}:pools"
-
-
-def contended_channel(prefix: str) -> str:
-    """The pub/sub channel on which a pool announces its first waiter (the Lua scripts)."""
-    return f"{prefix}:pools:contended"
-
-
 def contended_pool(message: bytes | str) -> str:
     """The pool named by a message on :func:`contended_channel`."""
     return _unescape(text(message))
-
-
-def due_channel(prefix: str) -> str:
-    """The pub/sub channel on which a rate pool announces its next due time (Lua)."""
-    return f"{prefix}:pools:due"
 
 
 def due_of(message: bytes | str) -> tuple[str, int]:
@@ -118,36 +104,41 @@ def due_of(message: bytes | str) -> tuple[str, int]:
     return _unescape(escaped), int(due)
 
 
-def handoff_direct(prefix: str) -> str:
-    """The broker DB the Lua scripts push direct hand-offs into (built in Lua too)."""
-    return f"{prefix}:handoff:direct"
+def _app_key(suffix: str, doc: str) -> Callable[[str], str]:
+    """A function building the key ``<prefix>:<suffix>`` (the layout above)."""
+
+    def key(prefix: str) -> str:
+        return f"{prefix}:{suffix}"
+
+    key.__doc__ = doc
+    return key
 
 
-def pool_defaults(prefix: str) -> str:
-    """The HASH of capacities declared in code, so every process sweeps with them."""
-    return f"{prefix}:defaults"
-
-
-def constraints_hash(prefix: str) -> str:
-    """The HASH holding the active constraints as JSON."""
-    return f"{prefix}:constraints"
-
-
-def constraints_version(prefix: str) -> str:
-    """The counter bumped on every change of the constraint set."""
-    return f"{prefix}:constraints:version"
-
-
-def constraints_channel(prefix: str) -> str:
-    """The pub/sub channel on which a new constraints version is announced."""
-    return f"{prefix}:constraints:changed"
-
-
-def constraints_applied(prefix: str) -> str:
-    """The HASH in which every gating process reports the version it enforces."""
-    return f"{prefix}:constraints:applied"
-
-
-def constraints_signed(prefix: str) -> str:
-    """The HASH of when each constraint's last accepted signed payload was signed."""
-    return f"{prefix}:constraints:signed"
+pool_registry = _app_key("pools", "The SET of every pool name used under ``prefix``.")
+contended_channel = _app_key(
+    "pools:contended",
+    "The pub/sub channel on which a pool announces its first waiter (the Lua scripts).",
+)
+due_channel = _app_key(
+    "pools:due", "The pub/sub channel on which a rate pool announces its next due time (Lua)."
+)
+handoff_direct = _app_key(
+    "handoff:direct", "The broker DB the Lua scripts push direct hand-offs into (built in Lua too)."
+)
+pool_defaults = _app_key(
+    "defaults", "The HASH of capacities declared in code, so every process sweeps with them."
+)
+constraints_hash = _app_key("constraints", "The HASH holding the active constraints as JSON.")
+constraints_version = _app_key(
+    "constraints:version", "The counter bumped on every change of the constraint set."
+)
+constraints_channel = _app_key(
+    "constraints:changed", "The pub/sub channel on which a new constraints version is announced."
+)
+constraints_applied = _app_key(
+    "constraints:applied", "The HASH in which every gating process reports the version it enforces."
+)
+constraints_signed = _app_key(
+    "constraints:signed",
+    "The HASH of when each constraint's last accepted signed payload was signed.",
+)

@@ -53,10 +53,8 @@ class ResourceManager:
         wait_replicas: int | None = None,
         wait_timeout: float = 0.5,
     ) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.lease_seconds = lease_seconds
-        self.max_handoffs = max_handoffs
+        self.client, self.prefix = client, prefix
+        self.lease_seconds, self.max_handoffs = lease_seconds, max_handoffs
         #: Called with (pool, due ms) for every due any call returns.
         self.on_due = on_due
         self._scripts = Scripts(client)

@@ -60,19 +60,13 @@ class Admission:
         retry_max_delay: float,
         ensure_ready: Callable[[], None],
     ) -> None:
-        self.app = app
+        self.app, self.manager, self.resources = app, manager, resources
+        self.leases, self.handoffs, self.sync = leases, handoffs, sync
+        self.clock, self.contention = clock, contention
+        self.lease_seconds = lease_seconds
+        self.retry_delay, self.retry_max_delay = retry_delay, retry_max_delay
         #: Loads the constraints and starts the threads once; raises if Redis is down.
         self.ensure_ready = ensure_ready
-        self.manager = manager
-        self.resources = resources
-        self.leases = leases
-        self.handoffs = handoffs
-        self.sync = sync
-        self.clock = clock
-        self.contention = contention
-        self.lease_seconds = lease_seconds
-        self.retry_delay = retry_delay
-        self.retry_max_delay = retry_max_delay
         #: Tasks known to need no pool: their executions skip the gate.
         self.free = FreeTasks(manager)
         #: Admissions in rate pools of executions not started yet, by (task id, thread).

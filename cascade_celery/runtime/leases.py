@@ -70,9 +70,7 @@ class LeaseBook:
         release_delay: float = RELEASE_DELAY,
         on_claim: Callable[[], None] = lambda: None,
     ) -> None:
-        self.resources = resources
-        self.handoffs = handoffs
-        self.contention = contention
+        self.resources, self.handoffs, self.contention = resources, handoffs, contention
         self.lease_seconds = lease_seconds
         #: Seconds an ended uncontended lease waits for this process's next task.
         self.release_delay = release_delay

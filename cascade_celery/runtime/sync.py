@@ -47,14 +47,9 @@ class ConstraintSync:
         report_ttl: float,
         max_handoffs: int,
     ) -> None:
-        self.client = client
-        self.manager = manager
-        self.store = store
-        self.resources = resources
-        self.handoffs = handoffs
-        self.process = process
-        self.report_ttl = report_ttl
-        self.max_handoffs = max_handoffs
+        self.client, self.manager, self.store = client, manager, store
+        self.resources, self.handoffs = resources, handoffs
+        self.process, self.report_ttl, self.max_handoffs = process, report_ttl, max_handoffs
         self._defaults_key = pool_defaults(prefix)
         self._contended_channel = contended_channel(prefix)
         self._due_channel = due_channel(prefix)

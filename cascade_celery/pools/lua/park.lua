@@ -26,19 +26,11 @@
 --- @include "includes/stats"
 --- @include "includes/pool"
 
-local task_id = ARGV[1]
-local units = tonumber(ARGV[2])
-local payload = ARGV[4]
-local ttl_ms = tonumber(ARGV[5])
-local max_handoffs = tonumber(ARGV[6])
-local arrival = tonumber(ARGV[7])
-local k = pool_keys(1)
-local now = now_ms()
-local out = {0, 0, {}}
+local task_id, units, payload = ARGV[1], tonumber(ARGV[2]), ARGV[4]
+local k, now, out = pool_keys(1), now_ms(), {0, 0, {}}
+refresh(k, 1, tonumber(ARGV[3]), now, tonumber(ARGV[5]), tonumber(ARGV[6]), out)
 
-refresh(k, 1, tonumber(ARGV[3]), now, ttl_ms, max_handoffs, out)
-
-if park_in(k, task_id, units, payload, now, arrival) then
+if park_in(k, task_id, units, payload, now, tonumber(ARGV[7])) then
   out[1] = 1
 end
 announce_dues(1, out[3])

@@ -25,13 +25,8 @@
 --- @include "includes/stats"
 --- @include "includes/pool"
 
-local ttl_ms = tonumber(ARGV[2])
-local max_handoffs = tonumber(ARGV[3])
-local k = pool_keys(1)
-local now = now_ms()
-local out = {0, 0, {}}
-
-refresh(k, 1, tonumber(ARGV[1]), now, ttl_ms, max_handoffs, out)
+local k, now, out = pool_keys(1), now_ms(), {0, 0, {}}
+refresh(k, 1, tonumber(ARGV[1]), now, tonumber(ARGV[2]), tonumber(ARGV[3]), out)
 out[1] = redis.call('ZCARD', k.waiters)
 out[2] = used_of(k)
 announce_dues(1, out[3])
