@@ -51,7 +51,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import pytest
@@ -261,7 +261,7 @@ def test_chaos_soak_runs_every_task_once_within_limits_and_leaks_nothing(
                   if run.id == task_id]
         for task_id, n in starts.items() if n > 1 and task_id not in exempt
     }  # fmt: skip
-    assert not twice, f"ran more than once: {twice}"
+    assert not twice, f"ran more than once: {twice}\n" + _lines_about(twice, workers)
     unfinished = {
         task_id: (result.state, result.result)
         for task_id, (label, result) in results.items()
@@ -362,6 +362,17 @@ def _last_words(*logs: str) -> dict[str, tuple[float, str]]:
             if at >= last.get(task_id, (0.0, ""))[0]:
                 last[task_id] = (at, word)
     return last
+
+
+def _lines_about(task_ids: Iterable[str], workers: list[WorkerProcess]) -> str:
+    """The worker log lines naming ``task_ids`` (for a failure's message)."""
+    wanted = set(task_ids)
+    return "\n".join(
+        f"{worker.nodename}: {line}"
+        for worker in workers
+        for line in worker.log_text().splitlines()
+        if any(task_id in line for task_id in wanted)
+    )
 
 
 def _backed_off(*logs: str) -> set[str]:

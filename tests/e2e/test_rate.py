@@ -8,7 +8,12 @@ from celery import Celery
 
 from cascade_celery import DEFERRED, Cascade
 from tests.e2e.conftest import StartWorker
-from tests.e2e.timeline import most_started_within, peak_concurrency, runs
+from tests.e2e.timeline import most_started_within, peak_concurrency, runs, starts_report
+
+#: A task stamps its start a moment after cascade admitted it (and re-timed the admission
+#: just before the body); on a loaded CI machine the process can be descheduled in
+#: between for tens of ms, which shifts its stamp, not its admission.
+SLACK = 0.025
 
 
 def test_a_rate_of_10_per_second_holds_across_two_prefork_workers(
@@ -27,7 +32,7 @@ def test_a_rate_of_10_per_second_holds_across_two_prefork_workers(
     assert [result.get(timeout=60) for result in results] == list(range(50))
     all_runs = runs(broker_client, unique_prefix)
     assert sorted(run.label for run in all_runs) == list(range(50))
-    assert most_started_within(all_runs, 1.0) == 10
+    assert most_started_within(all_runs, 1.0 - SLACK) == 10, starts_report(all_runs)
 
 
 def test_two_windows_hold_together(
@@ -41,8 +46,8 @@ def test_two_windows_hold_together(
 
     assert [result.get(timeout=60) for result in results] == list(range(24))
     all_runs = runs(broker_client, unique_prefix)
-    assert most_started_within(all_runs, 1.0) <= 5
-    assert most_started_within(all_runs, 2.0) <= 8  # 5/s alone would let 10 start
+    assert most_started_within(all_runs, 1.0 - SLACK) <= 5
+    assert most_started_within(all_runs, 2.0 - SLACK) <= 8  # 5/s alone would let 10 start
 
 
 def test_a_raised_rate_applies_to_the_tasks_already_parked(
@@ -61,7 +66,7 @@ def test_a_raised_rate_applies_to_the_tasks_already_parked(
     # Then they all run well within the time 1/s would take, never more than 50 a second
     assert [result.get(timeout=40) for result in results] == list(range(100))
     all_runs = runs(broker_client, unique_prefix)
-    assert most_started_within(all_runs, 1.0) <= 50
+    assert most_started_within(all_runs, 1.0 - SLACK) <= 50
 
 
 def test_a_rate_and_a_concurrency_limit_both_hold(
@@ -77,7 +82,7 @@ def test_a_rate_and_a_concurrency_limit_both_hold(
     assert [result.get(timeout=60) for result in results] == list(range(18))
     all_runs = runs(broker_client, unique_prefix)
     assert peak_concurrency(all_runs) == 2
-    assert most_started_within(all_runs, 1.0) <= 6
+    assert most_started_within(all_runs, 1.0 - SLACK) <= 6
 
 
 def test_a_rate_declared_in_code_holds_until_a_runtime_rate_replaces_it(

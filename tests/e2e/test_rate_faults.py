@@ -17,6 +17,11 @@ from tests.harness.mosquitto import MosquittoServer
 from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_for
 
+#: A task stamps its start a moment after cascade admitted it (and re-timed the admission
+#: just before the body); on a loaded CI machine the process can be descheduled in
+#: between for tens of ms, which shifts its stamp, not its admission.
+SLACK = 0.025
+
 
 def deferred(results: list) -> int:  # type: ignore[type-arg]
     return sum(result.state == DEFERRED for result in results)
@@ -74,7 +79,7 @@ def test_tasks_waiting_for_the_rate_survive_a_redis_crash_with_aof(
     assert [result.get(timeout=60) for result in results] == list(range(10))
     all_runs = runs(broker_client, unique_prefix)
     assert sorted(run.label for run in all_runs) == list(range(10))
-    assert most_started_within(all_runs, 1.0) <= 2
+    assert most_started_within(all_runs, 1.0 - SLACK) <= 2
 
 
 def test_a_chord_of_rated_tasks_completes_once_at_the_rate(
@@ -90,7 +95,7 @@ def test_a_chord_of_rated_tasks_completes_once_at_the_rate(
     assert result.get(timeout=60) == sum(range(9))
     all_runs = runs(broker_client, unique_prefix)
     assert sorted(run.label for run in all_runs) == list(range(9))
-    assert most_started_within(all_runs, 1.0) <= 3
+    assert most_started_within(all_runs, 1.0 - SLACK) <= 3
 
 
 @pytest.mark.mqtt
@@ -109,8 +114,8 @@ def test_a_rate_published_with_mosquitto_pub_steers_the_workers(
 
     assert [result.get(timeout=60) for result in results] == list(range(12))
     all_runs = runs(broker_client, unique_prefix)
-    assert most_started_within(all_runs, 1.0) <= 3
-    assert most_started_within(all_runs, 2.0) <= 5
+    assert most_started_within(all_runs, 1.0 - SLACK) <= 3
+    assert most_started_within(all_runs, 2.0 - SLACK) <= 5
 
     # And an empty retained payload removes it: the rest run at once
     mosquitto_pub(mosquitto_server, f"{unique_prefix}/constraints/partner-rate", None)

@@ -74,3 +74,9 @@ def most_started_within(all_runs: list[Run], seconds: float) -> int:
             first += 1
         most = max(most, last - first + 1)
     return most
+
+
+def starts_report(all_runs: list[Run]) -> str:
+    """Start times (s from the first) with labels and processes, for a failure's message."""
+    first = min((run.start for run in all_runs), default=0.0)
+    return ", ".join(f"{run.label}@{run.start - first:.4f}/{run.pid}" for run in all_runs)
