@@ -22,7 +22,8 @@ from cascade_celery.errors import REDIS_DOWN, NotApplied, PoolUnavailable
 from cascade_celery.mqtt import protocol
 from cascade_celery.mqtt.publisher import publish_retained
 from cascade_celery.store import ConstraintStore
-from cascade_celery.why import Why, backend_state, explain
+from cascade_celery.why import backend_state, explain
+from cascade_celery.why_answer import Why
 
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9._:-]")
 

@@ -61,12 +61,9 @@ def _await(ctx: click.Context, cid: str, constraint: Constraint | None, wait: fl
 @wait_option
 @click.pass_context
 def pause(
-    ctx: click.Context,
-    scope: Scope,
-    duration: float | None,
-    constraint_id: str | None,
+    ctx: click.Context, scope: Scope, duration: float | None, constraint_id: str | None,
     wait: float | None,
-) -> None:
+) -> None:  # fmt: skip
     """Hold the tasks of SCOPE (they park; none is lost) until resumed or for a while."""
     with reporting_errors(ctx):
         constraint = cascade_of(ctx).pause(

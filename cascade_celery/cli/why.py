@@ -13,7 +13,7 @@ from celery.bin.base import CeleryCommand, CeleryOption
 from cascade_celery.cli.context import cascade_of, reporting_errors
 from cascade_celery.cli.render import constraint_json, format_duration, format_time
 from cascade_celery.constraints.model import Constraint
-from cascade_celery.why import Holder, PoolView, Why
+from cascade_celery.why_answer import Holder, PoolView, Why
 
 #: What a result-backend state says of a task cascade knows nothing of.
 _STATE_MEANING = {

@@ -10,7 +10,7 @@ from celery import Celery
 from cascade_celery import Cascade
 from cascade_celery.pools.outcomes import Lease
 from cascade_celery.pools.resources import ResourceManager
-from cascade_celery.why import Why
+from cascade_celery.why_answer import Why
 from tests.harness.redis_server import RedisServer
 from tests.integration.cli.conftest import ok
 
