@@ -237,6 +237,8 @@ def test_an_ended_lease_whose_release_failed_is_released_when_redis_is_back(
     # Given an ended lease, and Redis (with AOF) down when the next task is gated
     end_a_task(runtime, app, "ended", release_delay=3600)
     redis_server_aof.stop()
+    # (until its listener notices, this process may still take the ended lease over)
+    wait_for(lambda: not runtime.sync.listening, timeout=10)
 
     # When the next task's gate fails: it goes back to the broker, nothing runs ungated
     assert gate(runtime, app.tasks["gated.work"], "next") is None
