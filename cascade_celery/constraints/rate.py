@@ -25,11 +25,10 @@ MAX_RATE_COUNT = 100_000
 MAX_PERIOD_MS = 7 * 86_400_000
 #: The most windows one ``rate`` may list.
 MAX_WINDOWS = 8
-#: Milliseconds an admission is held beyond its window (includes/pool.lua). An admission
-#: is re-timed just before the task's body starts (restamp.lua), and the body takes its
-#: own start stamp a moment later: the guard keeps that moment from showing N + 1 starts
-#: in a period. It costs 0.3 % of the rate at a 1 s window.
-RATE_GUARD_MS = 3
+#: Milliseconds an admission is held beyond its window (includes/pool.lua): the gate
+#: admits a task a few ms before its body starts, so the starts the task itself sees
+#: never show N + 1 in a period either. It costs 1 % of the rate at a 1 s window.
+RATE_GUARD_MS = 10
 UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 _COUNT = re.compile(r"[1-9][0-9]*", re.ASCII)

@@ -130,10 +130,9 @@ local function window_ms(k)
   return window_ms_of(k.capacity)
 end
 
--- Added to a rate pool's window: a task's own start stamp, taken a moment after its
--- admission was re-timed (restamp.lua), then never shows N + 1 starts in a period either
--- (constraints/rate.py).
-local RATE_GUARD_MS = 3
+-- Added to a rate pool's window: a task's own start stamp, taken a few ms after the gate
+-- admitted it, then never shows N + 1 starts in a period either (constraints/rate.py).
+local RATE_GUARD_MS = 10
 
 -- How long a holder made now lasts: a rate pool's window (and guard), else the lease ttl.
 local function holder_ttl(k, ttl_ms)
