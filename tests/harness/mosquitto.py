@@ -8,16 +8,16 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.harness.managed import Managed
 from tests.harness.redis_server import find_binary
 from tests.harness.waiting import free_port, port_open, wait_for
 
 
-class MosquittoServer:
+class MosquittoServer(Managed):
     """A ``mosquitto`` with one anonymous listener on 127.0.0.1, its files in ``directory``.
 
     Persistence is on: retained messages survive ``stop()``/``restart()`` (mosquitto saves
@@ -120,17 +120,6 @@ class MosquittoServer:
     def log_text(self) -> str:
         """The broker's log so far."""
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
-
-    def __enter__(self) -> MosquittoServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _wait_ready(self, port: int) -> None:
         """Wait until the port accepts TCP and an MQTT client gets a CONNACK."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from tests.harness.managed import Managed
 from tests.harness.tls import Certificates
 from tests.harness.waiting import free_port, wait_for
 
@@ -26,7 +27,7 @@ def find_binary(name: str, *fallbacks: str) -> str:
     return found
 
 
-class RedisServer:
+class RedisServer(Managed):
     """A ``redis-server`` bound to 127.0.0.1 with its data and log in ``directory``.
 
     ``restart()`` reuses the port and directory, so with ``appendonly=True`` the data a
@@ -122,9 +123,6 @@ class RedisServer:
     def restart(self) -> RedisServer:
         """Stop if running, then start again on the same port and directory."""
         self.stop()
-        return self.start()
-
-    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(

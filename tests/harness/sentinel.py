@@ -10,11 +10,11 @@ from __future__ import annotations
 import signal
 import subprocess
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import redis
 
+from tests.harness.managed import Managed
 from tests.harness.redis_server import RedisServer, find_binary
 from tests.harness.waiting import free_port, wait_for
 
@@ -103,7 +103,7 @@ class SentinelProcess:
             self._process = None
 
 
-class SentinelDeployment:
+class SentinelDeployment(Managed):
     """Master + replica + three sentinels (quorum 2) under ``directory``."""
 
     def __init__(self, directory: Path | str) -> None:
@@ -194,14 +194,3 @@ class SentinelDeployment:
         for server in (self.master, self.replica):
             if server is not None:
                 server.__exit__(None, None, None)
-
-    def __enter__(self) -> SentinelDeployment:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

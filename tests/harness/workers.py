@@ -12,19 +12,19 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery.worker import WorkController
 
+from tests.harness.managed import Managed
 from tests.harness.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class WorkerProcess:
+class WorkerProcess(Managed):
     """``celery -A <app_module> worker`` in its own process group, logging to ``log_dir``.
 
     ``start()`` returns once the worker logged "<hostname> ready."; ``stop()`` is a warm
@@ -150,17 +150,6 @@ class WorkerProcess:
     def log_text(self) -> str:
         """Everything the worker printed so far (stdout and stderr)."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> WorkerProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"WorkerProcess({self.app_module!r}, {self.nodename}, -P {self.pool})"
