@@ -7,7 +7,8 @@ knows how to publish a Celery message) can publish and then ``confirm`` them.
 Rate pools (``constraints/rate.py``) hold every admission for exactly their window and
 free room only as entries expire: a call that leaves tasks waiting in one reports the
 pool's next due time (ms on Redis's clock), when a :meth:`ResourceManager.sweep` will
-hand off. Results carry those dues, and ``on_due`` hears each of them too.
+hand off. Results carry those dues, and ``on_due`` hears each of them too, with whether
+the call changed the line (parked a task or handed one off): that caller owns the due.
 
 A parking is kept only once a replica holds it (pools/replication.py); else the call
 raises ``NotReplicated`` (Redis down, for the runtime). Hand-offs to publish are returned
@@ -49,7 +50,7 @@ class ResourceManager:
         prefix: str,
         lease_seconds: float,
         max_handoffs: int = 500,
-        on_due: Callable[[str, int], None] | None = None,
+        on_due: Callable[[str, int, bool], None] | None = None,
         wait_replicas: int | None = None,
         wait_timeout: float = 0.5,
     ) -> None:
@@ -102,9 +103,9 @@ class ResourceManager:
             arrival_ms=None if arrived is None else arrived * 1000,
         )
         touched = [*names, *stale, *released]
-        dues = self._dues(touched, outcome)
         status = AcquireStatus(outcome.status)
         parked = status is AcquireStatus.PARKED
+        dues = self._dues(touched, outcome, changed=parked)
         blocked = names[outcome.detail - 1] if status is not AcquireStatus.ACQUIRED else None
         if parked:
             self.guard.check(task_id, str(blocked))  # its WAIT covers the hand-offs too
@@ -131,8 +132,8 @@ class ResourceManager:
             max_handoffs=self.max_handoffs,
             arrival_ms=None if arrived is None else arrived * 1000,
         )
-        self._dues([pool], outcome)
         parked = ParkStatus(outcome.status) is ParkStatus.PARKED
+        self._dues([pool], outcome, changed=parked)
         if parked:
             self.guard.check(task_id, pool)
         return parked, self._resolve([pool], outcome, replicated=parked)
@@ -151,7 +152,7 @@ class ResourceManager:
             max_handoffs=self.max_handoffs,
             unclaimed=lease.task_id if lease.unclaimed else None,
         )
-        self._dues(names, outcome)
+        self._dues(names, outcome, changed=False)
         return self._resolve(names, outcome)
 
     def claim(self, lease: Lease) -> bool:
@@ -199,7 +200,8 @@ class ResourceManager:
             lease_seconds=self.lease_seconds,
             max_handoffs=self.max_handoffs,
         )
-        handoffs, dues = self._resolve([pool], outcome), self._dues([pool], outcome)
+        handoffs = self._resolve([pool], outcome)
+        dues = self._dues([pool], outcome, changed=False)
         return Sweep(outcome.status, outcome.detail, handoffs, dues)
 
     def confirm(self, handoffs: Sequence[PoolHandoff]) -> None:
@@ -236,11 +238,14 @@ class ResourceManager:
             return tuple(h for h in handoffs if not h.payload)
         return handoffs
 
-    def _dues(self, names: Sequence[str], outcome: Outcome) -> tuple[Due, ...]:
+    def _dues(self, names: Sequence[str], outcome: Outcome, *, changed: bool) -> tuple[Due, ...]:
+        """The dues of a call, told to ``on_due``: owned when the call ``changed`` the line
+        (parked a task) or handed someone off."""
         dues = tuple((names[index], due) for index, due in outcome.dues)
         if self.on_due is not None:
+            owner = changed or bool(outcome.handoffs)
             for pool, due in dues:
-                self.on_due(pool, due)
+                self.on_due(pool, due, owner)
         return dues
 
 

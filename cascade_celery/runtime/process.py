@@ -59,10 +59,9 @@ class Runtime:
         self.manager = ConstraintManager(handlers or HandlerRegistry.builtin())
         self.clock = RedisClock()
         self.timers = RateTimers(self.clock, self._sweep_due)
-        self._timer_sweep = threading.local()  # the dues a timer's own sweep returns
         self.resources = ResourceManager(
             self.client, prefix=config.redis_prefix, lease_seconds=config.lease_seconds,
-            max_handoffs=config.max_handoffs, on_due=self._own_due,
+            max_handoffs=config.max_handoffs, on_due=self._due_returned,
             wait_replicas=config.redis_wait_replicas, wait_timeout=config.redis_wait_timeout,
         )  # fmt: skip
         self.store = ConstraintStore(self.client, config.redis_prefix, self.manager.validate)
@@ -165,26 +164,15 @@ class Runtime:
         """Another process owns this due: sweep only if its sweep doesn't come."""
         self.timers.arm(pool, due_ms, backup=True)
 
-    def _own_due(self, pool: str, due_ms: int) -> None:
-        """A script of this process returned a rate pool's next due: this process sweeps
-        then (a timer's own sweep decides after it ran, see :meth:`_sweep_due`)."""
-        found = getattr(self._timer_sweep, "dues", None)
-        if found is not None:
-            found.append((pool, due_ms))
-        else:
-            self.timers.arm(pool, due_ms)
+    def _due_returned(self, pool: str, due_ms: int, owner: bool) -> None:
+        """A script of this process returned a rate pool's next due. The process whose call
+        parked or handed off owns it (sweeps then); the others back it up, so one process
+        sweeps per due once the first due has passed."""
+        self.timers.arm(pool, due_ms, backup=not owner)
 
     def _sweep_due(self, pool: str) -> None:
-        """A rate pool's window has room: hand it to its waiters (the timers' call). The
-        process that handed someone off owns the next due; the others back it up, so one
-        process sweeps per due once the first due has passed."""
-        self._timer_sweep.dues = []
-        try:
-            handed = self.sync.sweep(pool, self.sync.capacity_of(pool))
-        finally:
-            dues, self._timer_sweep.dues = self._timer_sweep.dues, None
-        for swept, due_ms in dues:
-            self.timers.arm(swept, due_ms, backup=not handed)
+        """A rate pool's window has room: hand it to its waiters (the timers' call)."""
+        self.sync.sweep(pool, self.sync.capacity_of(pool))
 
     def _pool_contended(self, pool: str) -> None:
         """``pool`` got a line: no more take-overs there for a while; release ended leases."""

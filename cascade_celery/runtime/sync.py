@@ -146,16 +146,13 @@ class ConstraintSync:
             return None if value is None else int(value)
         return shared.get(pool)
 
-    def sweep(self, pool: str, capacity: int | None) -> int:
-        """Apply ``capacity`` to ``pool``, reap dead holders and hand room to waiters;
-        return how many were handed off."""
-        handed = 0
+    def sweep(self, pool: str, capacity: int | None) -> None:
+        """Apply ``capacity`` to ``pool``, reap dead holders and hand room to waiters."""
         while True:
             _, handoffs = self.resources.update_resource(pool, capacity)
             self.handoffs.publish(handoffs)
-            handed += len(handoffs)
             if len(handoffs) < self.max_handoffs:
-                return handed
+                return
 
     def sweep_all(self) -> None:
         """Reap and hand off in every known pool, with this process's view of capacities."""

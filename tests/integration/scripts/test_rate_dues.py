@@ -50,7 +50,7 @@ def test_the_due_is_returned_while_tasks_wait_and_announced_once_per_change(
 ) -> None:
     heard: list[tuple[str, int]] = []
     rm = ResourceManager(pools.client, prefix=pools.prefix, lease_seconds=30.0,
-                         on_due=lambda pool, due: heard.append((pool, due)))  # fmt: skip
+                         on_due=lambda pool, due, _: heard.append((pool, due)))  # fmt: skip
     announced = Announced(pools.client, pools.prefix)
 
     # No one waits: no due
