@@ -4,7 +4,9 @@
 ``rediss://``, ``unix://``, or Sentinel as ``sentinel://h1:26379;sentinel://h2:26379``
 with ``cascade_redis_transport_options = {"master_name": "mymaster", ...}``. A Sentinel
 client asks the sentinels for the master on every new connection, so it follows a
-failover by itself (redis-py's ``Sentinel.master_for``).
+failover by itself (redis-py's ``Sentinel.master_for``). A Redis Cluster is
+``redis+cluster://h1:7000,h2:7001`` (redis_cluster.py): its client is redis-py's
+``RedisCluster``, typed here as ``redis.Redis`` (it offers the commands cascade uses).
 """
 
 from __future__ import annotations
@@ -12,18 +14,26 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from cascade_celery import redis_cluster
 from cascade_celery.errors import CascadeError, ConfigurationError
+from cascade_celery.redis_cluster import (
+    ClusterUnavailable,
+    check_cluster_options,
+    cluster_client,
+    is_cluster_url,
+    node_client,
+)
 
 if TYPE_CHECKING:
     from cascade_celery.config import CascadeConfig
 
-SCHEMES = ("redis", "rediss", "unix", "sentinel")
+SCHEMES = ("redis", "rediss", "unix", "sentinel", *redis_cluster.SCHEMES)
 #: What a worker process's client uses unless the transport options say otherwise.
 RUNTIME_OPTIONS: dict[str, Any] = {
     "socket_timeout": 5.0, "socket_connect_timeout": 2.0, "health_check_interval": 15,
@@ -102,6 +112,8 @@ def check_transport_options(url: str, options: object) -> dict[str, Any]:
                 f"cascade_redis_transport_options: {', '.join(given)} only apply to a "
                 f"sentinel:// cascade_redis_url"
             )
+        if is_cluster_url(url):
+            check_cluster_options(url, checked)
         return checked
     SentinelUrl.parse(url)
     master = checked.get("master_name")
@@ -127,8 +139,11 @@ def redis_client(
     url: str, transport_options: Mapping[str, Any] | None = None, **defaults: Any
 ) -> redis.Redis:
     """A client of ``url``: ``defaults`` (e.g. :data:`RUNTIME_OPTIONS`) are overridden by
-    the transport options; with Sentinel, a client of the master that follows failovers."""
+    the transport options; with Sentinel, a client of the master that follows failovers;
+    with a cluster, redis-py's cluster client."""
     options = dict(transport_options or {})
+    if is_cluster_url(url):
+        return cast(redis.Redis, cluster_client(url, options, defaults))
     if url.split("://", 1)[0] != "sentinel":
         return redis.Redis.from_url(url, **{**defaults, **options})
     parsed = SentinelUrl.parse(url)
@@ -175,7 +190,8 @@ class ReplicaWait:
     WAIT covers the writes of its own connection, and the pool may lend another one than
     the write's: so a marker (a hash field, expiring) is written first on WAIT's
     connection. The replication stream is ordered: a server holding the marker holds the
-    earlier write too.
+    earlier write too. On a cluster, the marker's key picks the master (and its replicas)
+    that WAIT asks: give it the slot of the write it stands for.
     """
 
     INFO_TTL = 2.0
@@ -185,30 +201,39 @@ class ReplicaWait:
         self.client = client
         self.replicas = replicas
         self.timeout_ms = max(1, round(timeout * 1000))
-        self._known: tuple[float, int] | None = None  # (monotonic time read, replicas)
+        #: Per master (its client's id): (monotonic time read, connected replicas).
+        self._known: dict[int, tuple[float, int]] = {}
 
-    def needed(self) -> int:
-        """How many replicas a write waits for now."""
+    def needed(self, master: redis.Redis | None = None) -> int:
+        """How many replicas a write (on ``master``, default the client's) waits for now."""
         if self.replicas is not None:
             return self.replicas
+        master = master or self.client
         now = time.monotonic()
-        if self._known is None or now - self._known[0] > self.INFO_TTL:
-            connected = int(self.client.info("replication").get("connected_slaves", 0))
-            self._known = (now, connected)
-        return min(1, self._known[1])
+        known = self._known.get(id(master))
+        if known is None or now - known[0] > self.INFO_TTL:
+            connected = int(master.info("replication").get("connected_slaves", 0))
+            known = self._known[id(master)] = (now, connected)
+        return min(1, known[1])
 
     def wait(self, marker: str, field: str, value: str) -> bool:
         """Write ``field`` = ``value`` in the hash ``marker`` and wait until the replicas
         needed hold it (and every write before it); True also when none are needed."""
-        needed = self.needed()
-        if needed == 0:
-            return True
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(marker, field, value)
-        pipe.pexpire(marker, self.MARKER_TTL_MS)
-        pipe.execute_command("WAIT", needed, self.timeout_ms)
-        *_, acknowledged = pipe.execute()
+        master = node_client(self.client, marker)
+        try:
+            needed = self.needed(master)
+            if needed == 0:
+                return True
+            pipe = master.pipeline(transaction=False)
+            pipe.hset(marker, field, value)
+            pipe.pexpire(marker, self.MARKER_TTL_MS)
+            pipe.execute_command("WAIT", needed, self.timeout_ms)
+            *_, acknowledged = pipe.execute()
+        except (redis.exceptions.AskError, redis.exceptions.ClusterDownError,
+                redis.exceptions.TryAgainError) as exc:  # fmt: skip
+            # A cluster's slot moved (a failover) since the client mapped it.
+            raise ClusterUnavailable(f"Redis Cluster: {exc}") from exc
         if int(acknowledged) >= needed:
             return True
-        self._known = None  # a replica may be gone: ask again next time
+        self._known.pop(id(master), None)  # a replica may be gone: ask again next time
         return False

@@ -7,12 +7,17 @@ hands off this way reports the broker's DB under ``<prefix>:handoff:direct`` (wi
 time to live, renewed by its sweeps); the scripts push only while that key names the
 payload's DB, so a fleet that moved its broker elsewhere gets its parked tasks
 published through kombu again. A process whose broker is elsewhere clears the key.
+
+On a Redis Cluster there is no direct hand-off: a script may touch only its own slot's
+keys (``<prefix>:handoff:direct`` and the broker's list are elsewhere) and only DB 0,
+so hand-offs are published through kombu.
 """
 
 from __future__ import annotations
 
 import redis
 from celery import Celery
+from redis.cluster import RedisCluster
 
 from cascade_celery import internals
 from cascade_celery.pools.envelope import DirectRoute
@@ -20,10 +25,13 @@ from cascade_celery.pools.keys import handoff_direct
 
 
 def broker_db_on(app: Celery, client: redis.Redis) -> int | None:
-    """The broker's DB if the broker is a Redis server and ``client``'s server, else None.
+    """The broker's DB if the broker is a Redis server and ``client``'s server, else None
+    (always None when ``client`` is a cluster's).
 
     Raises what the broker or Redis raise when either can't be asked.
     """
+    if isinstance(client, RedisCluster):
+        return None
     with app.producer_or_acquire() as producer:
         channel = producer.channel
         if producer.connection.transport.driver_type != "redis" or not (

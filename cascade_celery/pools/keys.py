@@ -20,11 +20,11 @@ Per app::
     <p>:defaults                 HASH    pool -> capacity declared in code (task options)
     <p>:handoff:direct           STRING  the broker's DB the scripts push hand-offs into,
                                          while processes report it (pools/direct.py)
-    <p>:constraints              HASH    constraint id -> constraint JSON (the active set)
-    <p>:constraints:version      STRING  bumped on every change to the set
+    <p>:{constraints}            HASH    constraint id -> constraint JSON (the active set)
+    <p>:{constraints}:version    STRING  bumped on every change to the set
     <p>:constraints:changed      pub/sub channel announcing a new version
-    <p>:constraints:applied      HASH    worker process -> "<version> <alive-until unix time>"
-    <p>:constraints:signed       HASH    constraint id -> signed_at of its last accepted payload
+    <p>:{constraints}:applied    HASH    worker process -> "<version> <alive-until unix time>"
+    <p>:{constraints}:signed     HASH    constraint id -> signed_at of its last accepted payload
 
 The stats hash (written by lua/includes/stats.lua, read by the exporter) holds counters
 since the hash was made: ``parked``, ``requeued``, ``handoffs:direct``,
@@ -38,10 +38,10 @@ an hour later (its counters start again from zero, which Prometheus reads as a r
 and counters never keep a dead pool's keys alive.
 
 One pool's keys share the hash tag ``{pool:<name>}``, so every single-pool script runs
-on one Redis Cluster slot. Decision: an all-or-none acquire across *several* pools
-touches several slots; on Redis Cluster that needs all of a task's pools on one node,
-which this layout does not arrange. Cascade targets a single Redis (with replicas /
-Sentinel); multi-pool tasks on Cluster are not supported yet.
+on one Redis Cluster slot; the constraint set's keys share ``{constraints}`` (its
+MULTI/WATCH transactions touch two of them). On a cluster, a call whose pools lie in
+several slots is made one script per slot (pools/cross_slot.py); the other per-app
+keys are each read or written alone.
 """
 
 from __future__ import annotations
@@ -128,17 +128,18 @@ handoff_direct = _app_key(
 pool_defaults = _app_key(
     "defaults", "The HASH of capacities declared in code, so every process sweeps with them."
 )
-constraints_hash = _app_key("constraints", "The HASH holding the active constraints as JSON.")
+constraints_hash = _app_key("{constraints}", "The HASH holding the active constraints as JSON.")
 constraints_version = _app_key(
-    "constraints:version", "The counter bumped on every change of the constraint set."
+    "{constraints}:version", "The counter bumped on every change of the constraint set."
 )
 constraints_channel = _app_key(
     "constraints:changed", "The pub/sub channel on which a new constraints version is announced."
 )
 constraints_applied = _app_key(
-    "constraints:applied", "The HASH in which every gating process reports the version it enforces."
+    "{constraints}:applied",
+    "The HASH in which every gating process reports the version it enforces.",
 )
 constraints_signed = _app_key(
-    "constraints:signed",
+    "{constraints}:signed",
     "The HASH of when each constraint's last accepted signed payload was signed.",
 )

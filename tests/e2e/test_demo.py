@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cascade_celery.pools.keys import pool_keys
+from cascade_celery.pools.keys import constraints_hash, pool_keys
 from example_project.demo import find_binary, missing_binaries_message
 from tests.harness.mosquitto import MosquittoServer
 from tests.harness.redis_server import RedisServer
@@ -76,7 +76,7 @@ def test_the_demo_uses_given_servers_and_leaves_no_constraint_behind(
     # The limit and pause it made on the shared servers are lifted again, and the tasks
     # handed off by the resume gave back their reservations in the pause's pool
     cascade = redis_server.client(1)
-    assert cascade.hlen("cascade:constraints") == 0
+    assert cascade.hlen(constraints_hash("cascade")) == 0
     pause_pool = pool_keys("cascade", "constraint:pause:task:shop.call_partner_api")
     assert int(cascade.get(pause_pool.used) or 0) == 0
 

@@ -7,6 +7,7 @@ from celery import Celery
 
 from cascade_celery import DEFERRED, Cascade, NotApplied
 from cascade_celery.cascade import default_id
+from cascade_celery.pools.keys import constraints_applied
 from tests.e2e.conftest import StartWorker
 from tests.harness.waiting import wait_for
 
@@ -59,7 +60,7 @@ def test_a_stale_report_from_a_dead_process_is_dropped(cascade: Cascade) -> None
 
 def test_a_corrupt_report_is_dropped(cascade: Cascade) -> None:
     store = cascade._store()
-    store.client.hset(f"{store.prefix}:constraints:applied", "host-c:1", "garbage")
+    store.client.hset(constraints_applied(store.prefix), "host-c:1", "garbage")
 
     cascade.pause("task:gated.work", wait=5)
 

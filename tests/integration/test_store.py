@@ -9,6 +9,7 @@ import pytest
 
 from cascade_celery.constraints.model import Constraint, Scope
 from cascade_celery.constraints.registry import HandlerRegistry
+from cascade_celery.pools.keys import constraints_hash
 from cascade_celery.store import ConstraintStore
 from tests.harness.redis_server import RedisServer
 
@@ -25,7 +26,7 @@ def pause(expires_at: float | None) -> Constraint:
 
 def test_an_expired_constraint_is_deleted_and_announced(store: ConstraintStore) -> None:
     expired = pause(time.time() - 1)
-    store.client.hset(f"{store.prefix}:constraints", "hold", _json(expired))
+    store.client.hset(constraints_hash(store.prefix), "hold", _json(expired))
     pubsub = store.client.pubsub()
     pubsub.subscribe(store.channel)
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"
