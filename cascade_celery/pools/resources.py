@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import redis
 
+from cascade_celery.pools.cross_slot import scripts_for
 from cascade_celery.pools.keys import pool_keys, pool_registry
 from cascade_celery.pools.outcomes import (
     AcquireResult,
@@ -34,7 +35,7 @@ from cascade_celery.pools.outcomes import (
     lease_member,
 )
 from cascade_celery.pools.replication import ParkingGuard
-from cascade_celery.pools.scripts import AcquireStatus, Handoff, Outcome, ParkStatus, Scripts
+from cascade_celery.pools.scripts import AcquireStatus, Handoff, Outcome, ParkStatus
 from cascade_celery.text import text
 
 logger = logging.getLogger(__name__)
@@ -58,10 +59,11 @@ class ResourceManager:
         self.lease_seconds, self.max_handoffs = lease_seconds, max_handoffs
         #: Called with (pool, due ms) for every due any call returns.
         self.on_due = on_due
-        self._scripts = Scripts(client)
         self._registered: set[str] = set()
         #: Parkings wait for a replica (pools/replication.py).
         self.guard = ParkingGuard(client, prefix, wait_replicas, wait_timeout)
+        #: On a Redis Cluster, calls spanning slots are made slot by slot (cross_slot.py).
+        self._scripts = scripts_for(client, self.guard.replication)
 
     def try_acquire(
         self,
