@@ -9,7 +9,9 @@ master takes over within a few seconds.
 
 from __future__ import annotations
 
+import signal
 import subprocess
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,16 @@ class ClusterServer(RedisServer):
                 "--cluster-replica-validity-factor", "0",  # any replica may take over
                 "--cluster-require-full-coverage", "yes",
                 "--repl-diskless-sync-delay", "0"]  # fmt: skip
+
+    def pause(self) -> None:
+        """SIGSTOP: the node stays connected but answers and acknowledges nothing."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def info_of(self, section: str) -> dict[str, Any]:
         """``INFO <section>`` of this node (a fresh connection)."""
@@ -124,9 +136,13 @@ class ClusterDeployment(Managed):
         """The live nodes that are masters now."""
         return [n for n in self.live() if n.info_of("replication")["role"] == "master"]
 
+    def keyslot(self, key: str) -> int:
+        """``key``'s hash slot."""
+        return int(self._ask("CLUSTER KEYSLOT", key))
+
     def master_of(self, key: str) -> ClusterServer:
         """The live node that serves ``key``'s slot now (a fresh client asks)."""
-        slot = int(self._ask("CLUSTER KEYSLOT", key))
+        slot = self.keyslot(key)
         for node in self.live():
             with redis.Redis(port=node.port, socket_timeout=2) as client:
                 for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):
@@ -208,3 +224,19 @@ class ClusterDeployment(Managed):
 
     def __repr__(self) -> str:
         return f"ClusterDeployment(ports={[n.port for n in self.nodes]}, dir={self.directory})"
+
+
+def names_on_distinct_masters(
+    cluster: ClusterDeployment, names: Iterable[str], key_of: Callable[[str], str], count: int
+) -> list[str]:
+    """The first ``count`` of ``names`` whose keys (``key_of(name)``) lie on different
+    masters, ordered by their keys' slots."""
+    found: dict[int, tuple[int, str]] = {}
+    for name in names:
+        key = key_of(name)
+        master = cluster.master_of(key).port
+        if master not in found:
+            found[master] = (int(cluster.keyslot(key)), name)
+        if len(found) == count:
+            return [name for _, name in sorted(found.values())]
+    raise AssertionError(f"fewer than {count} masters serve these names")
