@@ -13,6 +13,7 @@ tasks whose pools live in several.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import redis
-from redis.cluster import ClusterNode, ClusterPipeline, NodesManager, RedisCluster
+from redis.cluster import ClusterNode, ClusterPipeline, ClusterPubSub, NodesManager, RedisCluster
 from redis.exceptions import (
     ClusterDownError,
     MovedError,
@@ -170,6 +171,10 @@ class Cluster(RedisCluster):
         pipe.__class__ = _Pipeline  # built by redis-py, given the two methods below
         return pipe
 
+    def pubsub(self, node: Any = None, host: Any = None, port: Any = None, **kwargs: Any) -> Any:
+        """redis-py's cluster pub/sub, refreshing the slots map when its node is gone."""
+        return _PubSub(self, node=node, host=host, port=port, **kwargs)
+
     def node_client(self, key: str) -> redis.Redis:
         """A client of the master serving ``key``'s slot now (its connection pool)."""
         node = self.get_node_from_key(key)  # type: ignore[no-untyped-call]
@@ -177,6 +182,20 @@ class Cluster(RedisCluster):
             raise ClusterUnavailable(f"Redis Cluster: no node serves the slot of {key!r}")
         client: redis.Redis = self.get_redis_connection(node)
         return client
+
+
+class _PubSub(ClusterPubSub):
+    """A cluster pub/sub whose failed subscribe refreshes the slots map: redis-py picks
+    the node serving the first channel's slot from that map, and a subscriber whose
+    node failed over would otherwise retry the dead node until a command refreshed it."""
+
+    def execute_command(self, *args: Any) -> Any:
+        try:
+            return super().execute_command(*args)  # type: ignore[no-untyped-call]
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            with contextlib.suppress(redis.exceptions.RedisError):  # a failover under way
+                self.cluster.nodes_manager.initialize()
+            raise
 
 
 class _Nodes(NodesManager):

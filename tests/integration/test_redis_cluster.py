@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from cascade_celery import Cascade
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import Constraint, Scope
 from cascade_celery.constraints.registry import HandlerRegistry
@@ -34,7 +35,9 @@ from cascade_celery.redis_cluster import Cluster
 from cascade_celery.status import read_status
 from cascade_celery.store import ConstraintStore
 from cascade_celery.text import text
+from tests.apps.gated_app import make_app
 from tests.harness.cluster import ClusterDeployment, names_on_distinct_masters
+from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_for
 
 
@@ -298,3 +301,30 @@ def test_hand_offs_of_several_masters_wait_for_each_master_s_replica(
         return tuple(h.task_id for h in rm.sweep(second, 1).handoffs)
 
     assert wait_for(again, 10, message="the reservation to expire") == (f"in-{second}",)
+
+
+def test_the_listener_follows_a_failover_of_its_node(
+    cluster: ClusterDeployment, broker_redis: RedisServer, unique_prefix: str
+) -> None:
+    # Given a worker process's runtime whose keeper would not reload for a minute
+    app = make_app(broker_redis.url(), cluster.url(), unique_prefix, sweep_interval=60)
+    runtime = Cascade.for_app(app).runtime()
+    try:
+        runtime.ensure_ready()
+        wait_for(lambda: runtime.sync.listening, 10, message="the listener")
+        epoch = runtime.sync.epoch
+
+        # When the master its subscription is on is SIGKILLed
+        old = cluster.kill_master_of(runtime.store.channel)
+        cluster.wait_failover(old)
+
+        # Then it subscribes again, and hears a change made elsewhere
+        wait_for(lambda: runtime.sync.listening and runtime.sync.epoch > epoch, 30,
+                 message="the listener to subscribe again")  # fmt: skip
+        client = cluster.client()
+        store = ConstraintStore(client, unique_prefix, runtime.manager.validate)
+        hold = Constraint("hold", "pause", Scope.parse("task:gated.work"))
+        store.put(hold)
+        wait_for(lambda: runtime.manager.active() == [hold], 10, message="the change heard")
+    finally:
+        Cascade.for_app(app).close()
