@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from cascade_celery.config import CascadeConfig, redact_url
-from cascade_celery.errors import ConfigurationError
+from cascade_celery.errors import REDIS_DOWN, ConfigurationError
 from cascade_celery.pools.keys import (
     constraints_applied,
     constraints_hash,
@@ -19,8 +19,9 @@ from cascade_celery.pools.keys import (
     constraints_version,
     pool_keys,
 )
-from cascade_celery.redis_client import RUNTIME_OPTIONS, client_for
+from cascade_celery.redis_client import RUNTIME_OPTIONS, client_for, redis_client
 from cascade_celery.redis_cluster import Cluster, ClusterUrl
+from tests.harness.waiting import free_port
 
 
 def config_of(url: str, options: dict[str, Any] | None = None) -> CascadeConfig:
@@ -84,3 +85,13 @@ def test_the_constraint_set_s_keys_share_one_slot_whatever_the_prefix() -> None:
 @given(st.text(min_size=1, max_size=40))
 def test_a_pool_s_keys_share_one_slot(name: str) -> None:
     assert len({key_slot(key.encode()) for key in pool_keys("cascade", name)}) == 1
+
+
+def test_a_cluster_no_seed_answers_is_redis_down_for_the_runtime() -> None:
+    client = redis_client(f"redis+cluster://127.0.0.1:{free_port()}", {}, **RUNTIME_OPTIONS)
+
+    with pytest.raises(REDIS_DOWN):
+        client.get("x")
+    with pytest.raises(REDIS_DOWN):  # and again: it tries to connect on every call
+        client.get("x")
+    client.close()
