@@ -27,6 +27,7 @@ from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.constraints.model import Constraint, Scope
 from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.errors import REDIS_DOWN
+from cascade_celery.exporter.stats import read_stats
 from cascade_celery.pools.keys import constraints_hash, pool_keys
 from cascade_celery.pools.outcomes import PoolHandoff
 from cascade_celery.pools.resources import ResourceManager
@@ -35,6 +36,7 @@ from cascade_celery.redis_cluster import Cluster
 from cascade_celery.status import read_status
 from cascade_celery.store import ConstraintStore
 from cascade_celery.text import text
+from cascade_celery.why import explain
 from tests.apps.gated_app import make_app
 from tests.harness.cluster import ClusterDeployment, names_on_distinct_masters
 from tests.harness.redis_server import RedisServer
@@ -224,7 +226,7 @@ def test_the_constraint_set_is_changed_in_transactions_in_its_slot(client: redis
     assert client.hlen(constraints_hash("shop")) == 0
 
 
-def test_the_status_view_reads_pools_on_every_master(
+def test_status_why_and_the_exporter_read_pools_on_every_master(
     cluster: ClusterDeployment, client: redis.Redis, unique_prefix: str
 ) -> None:
     rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30)
@@ -236,8 +238,12 @@ def test_the_status_view_reads_pools_on_every_master(
     status = {
         pool.name: (pool.running, pool.parked) for pool in read_status(client, unique_prefix, [])
     }
+    why = explain(client, unique_prefix, f"wait-{names[1]}", [], lease_seconds=30)
+    stats = read_stats(client, unique_prefix, names)
 
     assert status == {name: (1, 1) for name in names}
+    assert [(view.name, view.position) for view in why.pools] == [(names[1], 1)]
+    assert all(stats[name]["parked"] == 1 for name in names)
 
 
 def test_a_killed_master_s_replica_takes_over_and_the_same_client_follows(
