@@ -33,13 +33,12 @@ as ``ResourceManager`` does for one slot); those no replica acknowledged are lef
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import re
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -84,6 +83,41 @@ class _Merged:
         return outcome
 
 
+@dataclass
+class _Extras:
+    """What an acquire gives back besides taking its pools, by slot, with the caller's
+    pool indices: reservations (stale pools), and ended leases' pools (member, pools)."""
+
+    stale: dict[int, list[tuple[int, PoolKeys]]]
+    released: dict[int, list[tuple[str, list[tuple[int, PoolKeys]]]]]
+
+    @classmethod
+    def of(
+        cls,
+        scripts: SlotScripts,
+        offset: int,
+        stale: Sequence[PoolKeys],
+        leases: Sequence[tuple[str, Sequence[PoolKeys]]],
+    ) -> _Extras:
+        """Group ``stale`` and ``leases`` (indices from ``offset`` on) by slot."""
+        extras = cls({}, {})
+        for i, keys in enumerate(stale, offset):
+            extras.stale.setdefault(scripts._slot(keys), []).append((i, keys))
+        i = offset + len(stale)
+        for member, lease_pools in leases:
+            by_slot: dict[int, list[tuple[int, PoolKeys]]] = {}
+            for keys in lease_pools:
+                by_slot.setdefault(scripts._slot(keys), []).append((i, keys))
+                i += 1
+            for slot, part in by_slot.items():
+                extras.released.setdefault(slot, []).append((member, part))
+        return extras
+
+    def slots(self) -> list[int]:
+        """The slots with something to give back, in a stable order."""
+        return sorted(set(self.stale) | set(self.released))
+
+
 class SlotScripts(Scripts):
     """:class:`Scripts` on a Redis Cluster: calls spanning slots are made slot by slot."""
 
@@ -110,87 +144,43 @@ class SlotScripts(Scripts):
         release_leases: Sequence[tuple[str, Sequence[PoolKeys]]] = (),
         arrival_ms: float | None = None,
     ) -> Outcome:
-        """As :meth:`Scripts.acquire`, all-or-none across slots (the module docstring)."""
+        """As :meth:`Scripts.acquire`, all-or-none across slots (the module docstring).
+
+        The leases it releases first and the reservations it gives back go with the call
+        on their slot; those in slots no required pool is in are done first, a call per slot.
+        """
         common: dict[str, Any] = {
             "task_id": task_id, "member": member, "lease_seconds": lease_seconds,
             "max_handoffs": max_handoffs,
         }  # fmt: skip
-        stale = list(release_reservations_in)
-        released = [(m, list(keys)) for m, keys in release_leases]
-        everything = [*pools, *stale, *(k for _, keys in released for k in keys)]
-        if len(self._slots(everything)) <= 1:
-            return super().acquire(pools, requests, **common, release_reservations_in=stale,
-                                   park_with=park_with, release_leases=released,
+        extras = _Extras.of(self, len(pools), release_reservations_in, release_leases)
+        if len(self._slots(pools) | set(extras.slots())) <= 1:
+            return super().acquire(pools, requests, **common,
+                                   release_reservations_in=release_reservations_in,
+                                   park_with=park_with, release_leases=release_leases,
                                    arrival_ms=arrival_ms)  # fmt: skip
-        merged = _Merged()
-        home = self._slots(pools)
-        home_slot = next(iter(home)) if len(home) == 1 else None
-        # Leases ended and reservations no longer needed, outside the slot of a one-slot
-        # task (every one, for a task spanning slots): released first, slot by slot.
-        offset = len(pools)
-        stale_home = self._away(
-            stale,
-            offset,
-            home_slot,
-            merged,
-            lambda keys: Scripts.acquire(self, [], [], **common, release_reservations_in=keys),
-        )
-        offset += len(stale)
-        released_home: list[tuple[str, list[PoolKeys]]] = []
-        released_index: list[int] = []
-        for lease_member, keys in released:
-            release = functools.partial(
-                Scripts.release, self, member=lease_member, lease_seconds=lease_seconds,
-                max_handoffs=max_handoffs,
-            )  # fmt: skip
-            kept = self._away(keys, offset, home_slot, merged, release)
-            offset += len(keys)
-            if kept:
-                released_home.append((lease_member, [k for _, k in kept]))
-                released_index += [i for i, _ in kept]
-        if home_slot is not None or not pools:
-            if pools:
-                outcome = super().acquire(
-                    pools, requests, **common, release_reservations_in=[k for _, k in stale_home],
-                    park_with=park_with, release_leases=released_home, arrival_ms=arrival_ms,
-                )  # fmt: skip
-                index = [*range(len(pools)), *(i for i, _ in stale_home), *released_index]
-                merged.add(outcome, index, [*pools, *(k for _, k in stale_home)])
-                return self._finish(merged, outcome.status, outcome.detail)
-            return self._finish(merged, AcquireStatus.ACQUIRED, 0)
-        return self._across(pools, requests, common, park_with, arrival_ms, merged)
-
-    def _across(
-        self,
-        pools: Sequence[PoolKeys],
-        requests: Sequence[tuple[int | None, int]],
-        common: dict[str, Any],
-        park_with: bytes | None,
-        arrival_ms: float | None,
-        merged: _Merged,
-    ) -> Outcome:
-        """Acquire the pools of several slots group by group; roll back at a block."""
         groups = self._groups(pools)
+        merged = _Merged()
+        for slot in extras.slots():
+            if slot not in {self._slot(pools[group[0]]) for group in groups}:
+                self._call(merged, pools, requests, [], extras, slot, common)
         acquired: list[list[int]] = []
         contended = 0
         try:
             for position, group in enumerate(groups):
-                keys = [pools[i] for i in group]
-                outcome = merged.add(super().acquire(
-                    keys, [requests[i] for i in group], **common, park_with=park_with,
-                    arrival_ms=arrival_ms,
-                ), group, keys)  # fmt: skip
+                slot = self._slot(pools[group[0]])
+                outcome = self._call(merged, pools, requests, group, extras, slot, common,
+                                     park_with=park_with, arrival_ms=arrival_ms)  # fmt: skip
                 if outcome.status == AcquireStatus.ACQUIRED:
                     acquired.append(group)
                     contended |= outcome.detail
                     continue
                 blocked = group[outcome.detail - 1] + 1
-                self._roll_back(pools, acquired, common, merged)
-                acquired = []
+                acquired, done = [], acquired
+                self._roll_back(pools, done, common, merged)
                 for later in groups[position + 1 :]:  # reservations held there go back
-                    keys = [pools[i] for i in later]
-                    merged.add(super().acquire([], [], **common, release_reservations_in=keys),
-                               later, keys)  # fmt: skip
+                    self._call(merged, pools, requests, [], extras, self._slot(pools[later[0]]),
+                               common, giving_back=later)  # fmt: skip
                 return self._finish(merged, outcome.status, blocked)
         except BaseException:
             if acquired:  # best effort; else its lease expires
@@ -198,9 +188,38 @@ class SlotScripts(Scripts):
                     self._roll_back(pools, acquired, common, _Merged())
                 except redis.exceptions.RedisError as exc:
                     logger.warning("cascade: could not roll back %s's partial acquire (%s); "
-                                   "it expires with its lease", common["task_id"], exc)  # fmt: skip
+                                   "it expires with its lease", task_id, exc)  # fmt: skip
             raise
         return self._finish(merged, AcquireStatus.ACQUIRED, contended)
+
+    def _call(
+        self,
+        merged: _Merged,
+        pools: Sequence[PoolKeys],
+        requests: Sequence[tuple[int | None, int]],
+        group: Sequence[int],
+        extras: _Extras,
+        slot: int,
+        common: dict[str, Any],
+        *,
+        giving_back: Sequence[int] = (),
+        park_with: bytes | None = None,
+        arrival_ms: float | None = None,
+    ) -> Outcome:
+        """One acquire script on ``slot``: the required pools ``group``, reservations given
+        back in ``giving_back`` (required pools, after a block) and the slot's extras."""
+        stale = [*((i, pools[i]) for i in giving_back), *extras.stale.get(slot, [])]
+        released = extras.released.get(slot, [])
+        outcome = Scripts.acquire(
+            self, [pools[i] for i in group], [requests[i] for i in group], **common,
+            release_reservations_in=[k for _, k in stale],
+            release_leases=[(m, [k for _, k in keys]) for m, keys in released],
+            park_with=park_with, arrival_ms=arrival_ms,
+        )  # fmt: skip
+        index = [*group, *(i for i, _ in stale), *(i for _, keys in released for i, _ in keys)]
+        keys = [*(pools[i] for i in group), *(k for _, k in stale),
+                *(k for _, ks in released for _, k in ks)]  # fmt: skip
+        return merged.add(outcome, index, keys)
 
     def _roll_back(
         self,
@@ -211,32 +230,10 @@ class SlotScripts(Scripts):
     ) -> None:
         for group in groups:
             keys = [pools[i] for i in group]
-            outcome = super().release(keys, member=common["member"],
+            outcome = Scripts.release(self, keys, member=common["member"],
                                       lease_seconds=common["lease_seconds"],
                                       max_handoffs=common["max_handoffs"])  # fmt: skip
             merged.add(outcome, group, keys)
-
-    def _away(
-        self,
-        keys: Sequence[PoolKeys],
-        offset: int,
-        home_slot: int | None,
-        merged: _Merged,
-        call: Callable[[list[PoolKeys]], Outcome],
-    ) -> list[tuple[int, PoolKeys]]:
-        """Run ``call`` on the ``keys`` outside ``home_slot``, slot by slot; return the
-        others (with their indices, counted from ``offset``)."""
-        kept: list[tuple[int, PoolKeys]] = []
-        by_slot: dict[int, list[int]] = {}
-        for i, k in enumerate(keys, offset):
-            if self._slot(k) == home_slot:
-                kept.append((i, k))
-            else:
-                by_slot.setdefault(self._slot(k), []).append(i)
-        for indices in by_slot.values():
-            part = [keys[i - offset] for i in indices]
-            merged.add(call(part), indices, part)
-        return kept
 
     # -- the other multi-pool calls ------------------------------------------------------
 

@@ -29,7 +29,7 @@ from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.errors import REDIS_DOWN
 from cascade_celery.exporter.stats import read_stats
 from cascade_celery.pools.keys import constraints_hash, pool_keys
-from cascade_celery.pools.outcomes import PoolHandoff
+from cascade_celery.pools.outcomes import Lease, PoolHandoff
 from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.redis_client import RUNTIME_OPTIONS, redis_client
 from cascade_celery.redis_cluster import Cluster
@@ -159,12 +159,35 @@ def test_a_task_blocked_in_one_slot_gives_back_its_reservation_in_another(
     assert state(client, unique_prefix, second)[2] == ["next", "both"]  # parked now
 
 
+def test_a_reservation_no_longer_needed_is_given_back_on_its_own_master(
+    cluster: ClusterDeployment, client: redis.Redis, unique_prefix: str
+) -> None:
+    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30)
+    old, new = pools_on_masters(cluster, unique_prefix, 2)
+    capacities = {old: 1, new: 1}
+    holder = rm.try_acquire("holder", [(old, 1)], capacities).lease
+    assert holder is not None
+    for task_id in ("task", "next"):
+        assert rm.try_acquire(task_id, [(old, 1)], capacities, park_with=task_id.encode()).parked
+    (handoff,) = rm.release(holder)
+    rm.confirm([handoff])
+
+    # When "task" arrives with its reservation in `old` but now needs only `new`
+    result = rm.try_acquire("task", [(new, 1)], capacities, handed_off_from=old)
+
+    # Then it runs in `new`, and its slot in `old` went to the next in line there
+    assert result.lease is not None
+    assert [(h.pool, h.task_id) for h in result.handoffs] == [(old, "next")]
+    assert state(client, unique_prefix, old)[1] == ["r:next"]
+
+
 def test_tasks_spanning_masters_never_overrun_a_limit_and_all_finish(
     cluster: ClusterDeployment, client: redis.Redis, unique_prefix: str
 ) -> None:
     """Threads play worker processes: each task acquires (parking when blocked), holds
-    its pools briefly, releases and passes the hand-offs its calls return to the parked
-    tasks they name, which then acquire again, as the runtime does."""
+    its pools briefly, releases (half of them along with the thread's next acquire, as a
+    worker process does) and passes the hand-offs its calls return to the parked tasks
+    they name, which then acquire again, as the runtime does."""
     rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30)
     a, b, c = pools_on_masters(cluster, unique_prefix, 3)
     capacities = {a: 2, b: 1, c: 2}
@@ -181,11 +204,14 @@ def test_tasks_spanning_masters_never_overrun_a_limit_and_all_finish(
             mailboxes[handoff.task_id].put(handoff.pool)
         rm.confirm(handoffs)
 
-    def run(task_id: str) -> None:
+    def run(task_id: str, ended: Lease | None) -> Lease | None:
+        """Run one task, first releasing ``ended``; return its lease if it is to be
+        released with the next task's acquire."""
         pools, reserved = tasks[task_id], None
         while True:
+            releasing, ended = ([ended] if ended else []), None
             result = rm.try_acquire(task_id, pools, capacities, handed_off_from=reserved,
-                                    park_with=task_id.encode())  # fmt: skip
+                                    park_with=task_id.encode(), releasing=releasing)  # fmt: skip
             deliver(result.handoffs)
             if result.lease is not None:
                 break
@@ -198,10 +224,19 @@ def test_tasks_spanning_masters_never_overrun_a_limit_and_all_finish(
         with lock:
             for pool, units in pools:
                 held[pool] -= units
-        deliver(rm.release(result.lease))
+        return result.lease
 
+    def process(task_ids: list[str]) -> None:
+        ended = None
+        for n, task_id in enumerate(task_ids):
+            lease = run(task_id, ended)
+            ended = lease if n % 2 and n + 1 < len(task_ids) else None
+            if ended is None:
+                deliver(rm.release(lease))
+
+    names = list(tasks)
     with ThreadPoolExecutor(max_workers=8) as executor:
-        for done in [executor.submit(run, task) for task in tasks]:
+        for done in [executor.submit(process, names[i::8]) for i in range(8)]:
             done.result(timeout=120)
 
     assert all(peaks[pool] <= capacity for pool, capacity in capacities.items()), peaks
