@@ -10,7 +10,10 @@ groups acquired one after another, in a fixed order: pools a release frees fully
 first, then rate windows, shortest first (by slot within each). A group that blocks
 parks the task there, in the same script, as on one server (its reservations in that
 group go back); the groups acquired before it are released again (their room goes to
-their waiters) and the reservations it holds in later groups are given back.
+their waiters) and the reservations it holds in later groups are given back. The
+leases an acquire releases first, and reservations it gives back in pools it no longer
+needs, go with the script on their slot (a script of their own where no pool of the task
+is): a task spanning two slots costs two scripts, as many round trips.
 
 - *No over-admission*: a pool admits the task only in its own script, atomically
   against its capacity; units held elsewhere meanwhile change no pool's check.
