@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from celery import Task
@@ -136,6 +136,9 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
             name=self.name,
             queue=queue_of(self.app, *original_route(request)),
             resources=self.cascade_requirements(),
+            args=request.args or (),
+            kwargs=request.kwargs or {},
+            headers=MessageHeaders(request),
         )
 
 
@@ -183,6 +186,29 @@ def _gated(task: Any, tracer: Any) -> Any:
 
 
 internals.hook_tracer(GatedTask, _gated)  # a worker runs messages through the gate
+
+
+class MessageHeaders(Mapping[str, Any]):
+    """A run's message headers as keys read them: Celery puts a message's custom headers
+    among the request's own fields (``request.<name>``), some versions under
+    ``request.headers`` too."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+
+    def __getitem__(self, name: str) -> Any:
+        value = getattr(self._request, name, None)
+        if value is None:
+            value = (getattr(self._request, "headers", None) or {}).get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(getattr(self._request, "headers", None) or {})
+
+    def __len__(self) -> int:
+        return len(getattr(self._request, "headers", None) or {})
 
 
 def queue_of(app: Any, exchange: str, routing_key: str) -> str | None:

@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from cascade_celery.constraints.decision import FREE, Decision
+from cascade_celery.constraints.flow import Line
 from cascade_celery.constraints.handlers.base import ConstraintHandler
 from cascade_celery.constraints.index import ConstraintIndex
+from cascade_celery.constraints.keyed import split_keyed
 from cascade_celery.constraints.model import Constraint, TaskInfo
 from cascade_celery.constraints.rate import scope_of_pool
 from cascade_celery.constraints.registry import HandlerRegistry
@@ -166,6 +168,7 @@ class ConstraintManager:
         self._advance()
         holds: dict[str, int] = {}
         requirements: dict[str, int] = dict(task.resources)
+        lines: dict[str, Line] = {}
         denied_by: Constraint | None = None
         with self._lock:
             for constraint in self._index.matching(task):
@@ -176,6 +179,7 @@ class ConstraintManager:
                     holds[handler.hold_pool(constraint)] = 1
                     denied_by = denied_by or constraint
                 handler.append_requirements(constraint, task, requirements)
+                lines.update(handler.lines(constraint, task))
             capacities = {pool: self._capacity_of(pool, now) for pool in (*holds, *requirements)}
         # Unlimited pools gate nothing; held pools come first so a denial wins.
         pools = tuple(holds.items()) + tuple(
@@ -185,7 +189,7 @@ class ConstraintManager:
         )
         if not pools:
             return FREE
-        return Decision(pools=pools, capacities=capacities, denied_by=denied_by)
+        return Decision(pools=pools, capacities=capacities, denied_by=denied_by, lines=lines)
 
     def capacity_of(self, pool: str) -> int | None:
         """The pool's capacity in this process's view (None: unlimited)."""
@@ -198,8 +202,10 @@ class ConstraintManager:
         self._advance()
         with self._lock:
             now = self._clock()
+            keyed = split_keyed(pool)
+            sized_by = keyed.family if keyed else pool
             return pool in self._defaults or any(
-                not c.is_expired(now) for c, _ in self._index.capacities(pool)
+                not c.is_expired(now) for c, _ in self._index.capacities(sized_by)
             )
 
     @property
@@ -209,6 +215,14 @@ class ConstraintManager:
             return dict(self._defaults)
 
     def _capacity_of(self, pool: str, now: float) -> int | None:
+        keyed = split_keyed(pool)
+        if keyed is not None:  # sized by its family's constraints, per key value
+            sized = (
+                self.handlers[c.type].keyed_capacity(c, pool, capacity)
+                for c, capacity in self._index.capacities(keyed.family)
+                if not c.is_expired(now)
+            )
+            return min((capacity for capacity in sized if capacity is not None), default=None)
         capacities = [
             capacity
             for constraint, capacity in self._index.capacities(pool)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import redis
 
+from cascade_celery.constraints.keyed import split_family
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.pools.keys import (
     contended_channel,
@@ -132,6 +133,10 @@ class ConstraintSync:
             pools, self._changed_pools = self._changed_pools, set()
         for pool in sorted(pools):
             try:
+                if split_family(pool) is not None:  # a family: sweep its live pools
+                    for member in self.resources.family_pools(pool):
+                        self.sweep(member, self.capacity_of(member))
+                    continue
                 self.sweep(pool, self.capacity_of(pool))
             except redis.exceptions.RedisError as exc:
                 logger.warning("cascade: could not update pool %s (%s); retried by the sweep",

@@ -18,16 +18,17 @@
     ARGV[3]     most waiters to hand off
 
   Output:
-    {waiting, used, dues, handoffs...}   waiting: tasks still parked after the hand-offs
+    {waiting, used, dues, {}, handoffs...}   waiting: tasks still parked after the hand-offs
     dues: (pool index, due ms) pairs, one per rate pool with waiters (see
     includes/pool.lua)
 ]]
 --- @include "includes/stats"
 --- @include "includes/pool"
 
-local k, now, out = pool_keys(1), now_ms(), {0, 0, {}}
+local k, now, out = pool_keys(1), now_ms(), {0, 0, {}, {}}
 refresh(k, 1, tonumber(ARGV[1]), now, tonumber(ARGV[2]), tonumber(ARGV[3]), out)
 out[1] = redis.call('ZCARD', k.waiters)
 out[2] = used_of(k)
 announce_dues(1, out[3])
+settle(k)
 return out
