@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 import redis
 from celery import Celery
 from celery.result import AsyncResult
@@ -42,17 +43,20 @@ def tenants_in_order(all_runs: list[Run]) -> list[str]:
     return [str(run.label).split(":")[0] for run in all_runs]
 
 
+@pytest.mark.parametrize("key", ["kwarg:tenant", "header:tenant"])
 def test_a_limit_per_tenant_holds_for_each_while_tenants_run_in_parallel(
     gated_app: Celery, cascade: Cascade, start_worker: StartWorker,
-    broker_client: redis.Redis, unique_prefix: str,
+    broker_client: redis.Redis, unique_prefix: str, key: str,
 ) -> None:  # fmt: skip
-    # Given a limit of 1 per tenant, and 2 prefork workers of 4 processes
-    apply(cascade, limit=1, per="kwarg:tenant")
+    # Given a limit of 1 per tenant (read from a kwarg, or a header), and 2 prefork workers
+    apply(cascade, limit=1, per=key)
     start_worker(pool="prefork", concurrency=4)
     start_worker(pool="prefork", concurrency=4)
 
     # When 3 tenants send 6 tasks each
-    results = [send(gated_app, t, n, 0.2) for n in range(6) for t in ("a", "b", "c")]
+    results = [
+        send(gated_app, t, n, 0.2, headers={"tenant": t}) for n in range(6) for t in ("a", "b", "c")
+    ]
 
     # Then every task runs, never two of one tenant at once, and tenants overlap
     assert sorted(str(r.get(timeout=60)) for r in results) == sorted(
