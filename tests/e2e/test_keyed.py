@@ -6,6 +6,8 @@ Tasks are ``gated.tenant(label, seconds, tenant=...)``; labels are ``"<tenant>:<
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from typing import Any
 
@@ -16,9 +18,11 @@ from celery.result import AsyncResult
 
 from cascade_celery import DEFERRED, Cascade
 from cascade_celery.constraints.model import Constraint
+from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime.endings import REJECTED, SUPERSEDED
 from tests.e2e.conftest import StartWorker
 from tests.e2e.timeline import Run, peak_concurrency, runs
+from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_for
 
 SCOPE = "task:gated.tenant"
@@ -189,3 +193,40 @@ def errbacks(client: redis.Redis, prefix: str) -> set[str]:
     """The task ids the errback task was called for."""
     events = (json.loads(raw) for raw in client.lrange(f"{prefix}:events", 0, -1))
     return {str(e["label"]) for e in events if e["kind"] == "errback"}
+
+
+def test_a_kill_a_pause_and_limit_changes_lose_no_keyed_task_and_leak_no_slot(
+    gated_app: Celery, cascade: Cascade, start_worker: StartWorker,
+    broker_client: redis.Redis, redis_server: RedisServer, unique_prefix: str,
+) -> None:  # fmt: skip
+    # Given a limit of 1 per tenant (short leases), tenant a's slot held by a long task in
+    # a prefork child, and tasks of a and b waiting behind a fair shared limit of 3
+    apply(cascade, limit=1, per="kwarg:tenant")
+    apply(cascade, id_="shared", limit=3, fair_by="kwarg:tenant")
+    start_worker(pool="prefork", concurrency=4, CASCADE_TEST_LEASE="2")
+    victim = send(gated_app, "a", 0, 60)
+    wait_for(lambda: runs(broker_client, unique_prefix), timeout=30)
+    waiting = [send(gated_app, t, n, 0.1) for n in range(1, 7) for t in ("a", "b")]
+    wait_for(lambda: sum(r.state == DEFERRED for r in waiting) >= 5, timeout=30)
+
+    # When the child running a's task is killed, the scope is paused and resumed, and a's
+    # limit is raised to 2
+    (victim_run,) = [run for run in runs(broker_client, unique_prefix) if run.id == victim.id]
+    os.kill(victim_run.pid, signal.SIGKILL)
+    cascade.pause(SCOPE, wait=30)
+    cascade.resume(SCOPE, wait=30)
+    apply(cascade, limit=1, per="kwarg:tenant", overrides={"a": 2})
+
+    # Then every other task runs once, per-tenant limits hold, and once all ended no key
+    # of any tenant's pool is left (its slots came back, nobody waits)
+    labels = [str(r.get(timeout=60)) for r in waiting]
+    assert sorted(labels) == sorted(f"{t}:{n}" for n in range(1, 7) for t in ("a", "b"))
+    all_runs = [run for run in runs(broker_client, unique_prefix) if run.id != victim.id]
+    assert len(all_runs) == len(waiting)
+    assert peak_concurrency(of(all_runs, "b")) == 1
+    assert peak_concurrency(of(all_runs, "a")) <= 2
+    client = redis_server.client()
+    family = "constraint:concurrency:task:gated.tenant kwarg:tenant"
+    pools = ResourceManager(client, prefix=unique_prefix, lease_seconds=2)
+    wait_for(lambda: not pools.family_pools(family), timeout=30)
+    assert list(client.scan_iter(match=f"{unique_prefix}:*kwarg:tenant=*", count=1000)) == []
