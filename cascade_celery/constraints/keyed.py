@@ -25,6 +25,8 @@ from cascade_celery.errors import InvalidConstraint
 
 #: Longer key values are hashed (a tenant id is short; a blob is not a tenant).
 MAX_VALUE_BYTES = 200
+#: The key of limits a task declares in code with a key function (``GatedTask.key``).
+CODE_KEY = "code"
 
 _KINDS = ("kwarg", "arg", "header")
 _KWARG = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}", re.ASCII)
@@ -70,6 +72,11 @@ def key_value(
         value = args[index] if isinstance(args, (list, tuple)) and index < len(args) else ""
     else:
         value = headers.get(key.name, "")
+    return as_key_value(value)
+
+
+def as_key_value(value: object) -> str:
+    """A key value from any value a call holds (bounded)."""
     return bounded(value if isinstance(value, str) else _as_text(value))
 
 

@@ -29,6 +29,8 @@ __all__ = ["FREE", "RATE_LIMIT", "ConstraintManager", "Decision", "PoolsChanged"
 PoolsChanged = Callable[[set[str]], None]
 #: The type whose runtime constraints replace the rate a task declares in code.
 RATE_LIMIT = "rate_limit"
+CONCURRENCY = "concurrency"
+_CONCURRENCY_POOL = "constraint:concurrency:"
 
 
 class ConstraintManager:
@@ -204,7 +206,7 @@ class ConstraintManager:
             now = self._clock()
             keyed = split_keyed(pool)
             sized_by = keyed.family if keyed else pool
-            return pool in self._defaults or any(
+            return sized_by in self._defaults or any(
                 not c.is_expired(now) for c, _ in self._index.capacities(sized_by)
             )
 
@@ -222,7 +224,15 @@ class ConstraintManager:
                 for c, capacity in self._index.capacities(keyed.family)
                 if not c.is_expired(now)
             )
-            return min((capacity for capacity in sized if capacity is not None), default=None)
+            found = min((capacity for capacity in sized if capacity is not None), default=None)
+            if found is not None or keyed.family not in self._defaults:
+                return found
+            # declared in code with a key function: gives way to a runtime limit or rate
+            # on exactly its scope, as a plain one does
+            scope = scope_of_pool(pool) or keyed.base.removeprefix(_CONCURRENCY_POOL)
+            if self._constrained_at_runtime(keyed.base, scope, now):
+                return None
+            return self._defaults[keyed.family]
         capacities = [
             capacity
             for constraint, capacity in self._index.capacities(pool)
@@ -238,6 +248,15 @@ class ConstraintManager:
     def _rated_at_runtime(self, scope: str | None, now: float) -> bool:
         return scope is not None and any(
             c.type == RATE_LIMIT and str(c.scope) == scope and not c.is_expired(now)
+            for c in self._active.values()
+        )
+
+    def _constrained_at_runtime(self, pool: str, scope: str, now: float) -> bool:
+        """Whether a runtime constraint of the kind of ``pool`` (a rate window's or a
+        concurrency pool) is in force on exactly ``scope``."""
+        type_ = RATE_LIMIT if scope_of_pool(pool) is not None else CONCURRENCY
+        return any(
+            c.type == type_ and str(c.scope) == scope and not c.is_expired(now)
             for c in self._active.values()
         )
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import redis
 
-from cascade_celery.constraints.keyed import split_family
+from cascade_celery.constraints.keyed import split_family, split_keyed
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.pools.keys import (
     contended_channel,
@@ -146,10 +146,12 @@ class ConstraintSync:
         """``pool``'s capacity in this process's view; else as declared in code anywhere."""
         if self.manager.knows(pool):
             return self.manager.capacity_of(pool)
+        keyed = split_keyed(pool)
+        declared = pool if keyed is None else keyed.family  # a key's: for every value
         if shared is None:
-            value = self.client.hget(self._defaults_key, pool)
+            value = self.client.hget(self._defaults_key, declared)
             return None if value is None else int(value)
-        return shared.get(pool)
+        return shared.get(declared)
 
     def sweep(self, pool: str, capacity: int | None) -> None:
         """Apply ``capacity`` to ``pool``, reap dead holders and hand room to waiters."""

@@ -72,6 +72,25 @@ def test_a_limit_per_tenant_holds_for_each_while_tenants_run_in_parallel(
     assert peak_concurrency(all_runs) >= 2
 
 
+def test_a_limit_declared_in_code_with_a_key_function_holds_per_key_value(
+    gated_app: Celery, start_worker: StartWorker, broker_client: redis.Redis, unique_prefix: str
+) -> None:
+    start_worker(pool="prefork", concurrency=4)
+    task = gated_app.tasks["gated.code_keyed"]
+
+    results = [
+        task.apply_async((f"{t}:{n}", 0.2), {"tenant": t}) for n in range(4) for t in ("a", "b")
+    ]
+
+    assert sorted(str(r.get(timeout=60)) for r in results) == sorted(
+        f"{t}:{n}" for n in range(4) for t in ("a", "b")
+    )
+    all_runs = runs(broker_client, unique_prefix)
+    assert peak_concurrency(of(all_runs, "a")) == 1
+    assert peak_concurrency(of(all_runs, "b")) == 1
+    assert peak_concurrency(all_runs) == 2
+
+
 def test_fair_by_serves_a_late_tenant_long_before_the_backlog_ahead_of_it_ends(
     gated_app: Celery, cascade: Cascade, start_worker: StartWorker,
     broker_client: redis.Redis, unique_prefix: str,
