@@ -11,6 +11,8 @@ Per pool ``<name>`` (``<p>`` is the ``cascade_redis_prefix`` setting)::
     <p>:{pool:<name>}:stats      HASH    counters and histograms the scripts keep (below)
     <p>:{pool:<name>}:ring       LIST    fair values with waiters, in turn (fair lines)
     <p>:{pool:<name>}:q:<value>  ZSET    task id -> arrival, of one fair value's waiters
+    <p>:{pool:<name>}:dropped    HASH    task id -> payload of a waiter dropped from a full
+                                         line, until its dropper ended it (SUPERSEDED)
 
 A keyed pool ``"<base> <key>=<value>"`` (constraints/keyed.py) has the same keys under
 ``<p>:{pool:<base>} <key>=<value>:`` (the base's hash tag: one slot per base), but its
@@ -115,6 +117,11 @@ def stats_of(key: str) -> str:
     if sep and "=" in rest:  # a keyed pool: its family's
         stem = f"{tag}}} {rest.partition('=')[0]}"
     return f"{stem}:stats"
+
+
+def dropped_of(prefix: str, pool: str) -> str:
+    """The HASH of ``pool``'s waiters dropped from a full line and not ended yet."""
+    return f"{_stem(prefix, pool)}:dropped"
 
 
 def family_live(prefix: str, family: str) -> str:

@@ -83,3 +83,5 @@ class Sweep:
     used: int
     handoffs: tuple[PoolHandoff, ...]
     dues: tuple[Due, ...] = ()
+    #: Waiters dropped from a full line whose dropper died before ending them.
+    dropped: tuple[PoolHandoff, ...] = ()

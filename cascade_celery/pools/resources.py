@@ -25,7 +25,13 @@ import redis
 
 from cascade_celery.constraints.flow import Line
 from cascade_celery.constraints.keyed import split_keyed
-from cascade_celery.pools.keys import family_live, live_pools, pool_keys, pool_registry
+from cascade_celery.pools.keys import (
+    dropped_of,
+    family_live,
+    live_pools,
+    pool_keys,
+    pool_registry,
+)
 from cascade_celery.pools.outcomes import (
     AcquireResult,
     Due,
@@ -56,6 +62,7 @@ class ResourceManager:
         on_due: Callable[[str, int, bool], None] | None = None,
         wait_replicas: int | None = None,
         wait_timeout: float = 0.5,
+        unended_drop_seconds: float = 10.0,
     ) -> None:
         self.client, self.prefix = client, prefix
         self.lease_seconds, self.max_handoffs = lease_seconds, max_handoffs
@@ -63,6 +70,9 @@ class ResourceManager:
         self.on_due = on_due
         self._scripts = Scripts(client)
         self._registered: set[str] = set()
+        #: A waiter dropped from a full line and not ended this long after (its dropper
+        #: died) is returned by a sweep, to be ended there.
+        self.unended_drop_seconds = unended_drop_seconds
         #: Parkings wait for a replica (pools/replication.py).
         self.guard = ParkingGuard(client, prefix, wait_replicas, wait_timeout)
 
@@ -220,10 +230,22 @@ class ResourceManager:
             capacity,
             lease_seconds=self.lease_seconds,
             max_handoffs=self.max_handoffs,
+            unended_drop_seconds=self.unended_drop_seconds,
         )
         handoffs = self._resolve([pool], outcome)
         dues = self._dues([pool], outcome, changed=False)
-        return Sweep(outcome.status, outcome.detail, handoffs, dues)
+        dropped = tuple(PoolHandoff(pool, t, p) for t, p in outcome.dropped)
+        return Sweep(outcome.status, outcome.detail, handoffs, dues, dropped)
+
+    def forget_dropped(self, dropped: Sequence[PoolHandoff]) -> None:
+        """Forget waiters dropped from a full line once they were ended (SUPERSEDED)."""
+        if not dropped:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            for waiter in dropped:
+                pipe.hdel(dropped_of(self.prefix, waiter.pool), waiter.task_id)
+                pipe.hdel(pool_keys(self.prefix, waiter.pool).units, f"d:{waiter.task_id}")
+            pipe.execute()
 
     def confirm(self, handoffs: Sequence[PoolHandoff]) -> None:
         """Forget the payloads of hand-offs that were published (unless parked again since)."""

@@ -244,8 +244,12 @@ class Scripts:
         return int(self._scripts["restamp"](keys=list(holders), args=[member]))
 
     def set_capacity(
-        self, pool: PoolKeys, capacity: int | None, *, lease_seconds: float, max_handoffs: int
-    ) -> Outcome:
-        """Set or lift the capacity and sweep; status is waiting count, detail used units."""
-        args: list[Any] = [_capacity_arg(capacity), _ms(lease_seconds), max_handoffs]
+        self, pool: PoolKeys, capacity: int | None, *, lease_seconds: float, max_handoffs: int,
+        unended_drop_seconds: float = 10.0,
+    ) -> Outcome:  # fmt: skip
+        """Set or lift the capacity and sweep; status is waiting count, detail used units;
+        dropped: waiters dropped from a full line ``unended_drop_seconds`` ago or more and
+        not ended yet."""
+        args: list[Any] = [_capacity_arg(capacity), _ms(lease_seconds), max_handoffs,
+                           _ms(unended_drop_seconds)]  # fmt: skip
         return _outcome(self._scripts["set_capacity"](keys=list(pool), args=args))

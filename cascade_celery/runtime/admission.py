@@ -30,7 +30,7 @@ from cascade_celery.runtime import probe
 from cascade_celery.runtime.clock import RedisClock
 from cascade_celery.runtime.contention import ContentionMemory
 from cascade_celery.runtime.deferral import back_off, mark_deferred
-from cascade_celery.runtime.endings import end_rejected, end_superseded
+from cascade_celery.runtime.endings import end_rejected
 from cascade_celery.runtime.free import FreeTasks
 from cascade_celery.runtime.handoffs import Handoffs
 from cascade_celery.runtime.leases import Held, LeaseBook
@@ -211,8 +211,7 @@ class Admission:
 
     def _supersede(self, dropped: tuple[PoolHandoff, ...]) -> None:
         """End the waiters a full line dropped for this task (``drop_oldest``)."""
-        for waiter in dropped:
-            end_superseded(self.app, waiter)
+        self.handoffs.supersede(dropped)
 
     def _take_over(self, key: tuple[str, int], decision: Decision) -> bool:
         """Give the task the lease of a task that ended here moments ago, if one needs the

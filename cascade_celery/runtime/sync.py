@@ -156,9 +156,10 @@ class ConstraintSync:
     def sweep(self, pool: str, capacity: int | None) -> None:
         """Apply ``capacity`` to ``pool``, reap dead holders and hand room to waiters."""
         while True:
-            _, handoffs = self.resources.update_resource(pool, capacity)
-            self.handoffs.publish(handoffs)
-            if len(handoffs) < self.max_handoffs:
+            swept = self.resources.sweep(pool, capacity)
+            self.handoffs.publish(swept.handoffs)
+            self.handoffs.supersede(swept.dropped)  # waiters whose dropper died
+            if len(swept.handoffs) < self.max_handoffs:
                 return
 
     def sweep_all(self) -> None:

@@ -169,7 +169,7 @@ def test_wrappers_convert_seconds_to_milliseconds_and_none_to_unlimited() -> Non
     scripts.set_capacity(pool, None, lease_seconds=0.25, max_handoffs=7)
     scripts.renew([pool.holders], member="m", lease_seconds=0.0001)
 
-    assert client.calls["set_capacity"] == {"keys": list(pool), "args": [-1, 250, 7]}
+    assert client.calls["set_capacity"] == {"keys": list(pool), "args": [-1, 250, 7, 10000]}
     assert client.calls["renew"] == {"keys": [pool.holders, pool.stats], "args": ["m", 1]}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from cascade_celery.constraints.flow import Line
 from cascade_celery.constraints.keyed import keyed_pool
-from cascade_celery.pools.keys import pool_keys, pool_registry
+from cascade_celery.pools.keys import dropped_of, pool_keys, pool_registry
 from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.text import text
 from tests.integration.scripts.pools import Pools, hold, ids, payload
@@ -144,3 +144,24 @@ def test_a_keyed_pool_is_swept_through_its_family(pools: Pools, rm: ResourceMana
     # Then the waiter is handed off
     assert found == pool
     assert ids(swept.handoffs) == ["t1"]
+
+
+def test_a_dropped_waiter_its_dropper_never_ended_is_handed_to_a_sweep(
+    pools: Pools,
+) -> None:
+    # Given a waiter dropped from a full line by a process that died before ending it
+    rm = pools.manager()
+    rm.unended_drop_seconds = 0.001
+    hold(rm, "holder", {POOL: 1})
+    line = Line(fair="a", max_parked=1, drop_oldest=True)
+    assert park_fair(rm, "a0", POOL, line)[0]
+    assert park_fair(rm, "a1", POOL, line)[2] == ["a0"]
+
+    # When a sweep comes by later, it hands the waiter over to be ended, until forgotten
+    swept = rm.sweep(POOL, 1)
+    assert [(d.task_id, d.payload) for d in swept.dropped] == [("a0", payload("a0"))]
+    rm.forget_dropped(swept.dropped)
+
+    # Then, forgotten, it is gone
+    assert rm.sweep(POOL, 1).dropped == ()
+    assert not pools.client.exists(dropped_of(pools.prefix, POOL))

@@ -418,19 +418,41 @@ local function give_back(k, index, task_id, now, ttl_ms, max, out)
   end
 end
 
--- Drop the oldest waiter of `line` (its fair value's queue, else the pool's line): its
--- payload and bookkeeping go, (task id, payload) is appended to `dropped`.
-local function drop_oldest(k, line, dropped)
+-- Drop the oldest waiter of `line` (its fair value's queue, else the pool's line): it
+-- leaves the line, its payload moves to "<stem>:dropped" until the caller has ended it
+-- (SUPERSEDED; pools/resources.py forget_dropped), "d:<task id>" in units saying since
+-- when, and (task id, payload) is appended to `dropped`.
+local function drop_oldest(k, line, dropped, now)
   local head = redis.call('ZRANGE', line, 0, 0)
   if #head == 0 then return end
   local task_id = head[1]
+  local payload = redis.call('HGET', k.parked, task_id) or ''
   remove_waiter(k, task_id)
-  dropped[#dropped + 1] = task_id
-  dropped[#dropped + 1] = redis.call('HGET', k.parked, task_id) or ''
+  redis.call('HSET', k.stem .. ':dropped', task_id, payload)
   redis.call('HDEL', k.parked, task_id)
   redis.call('HDEL', k.units, 'r:' .. task_id, 'q:' .. task_id, 'a:' .. task_id,
              'h:' .. task_id, 'f:' .. task_id)
+  redis.call('HSET', k.units, 'd:' .. task_id, now)
+  dropped[#dropped + 1] = task_id
+  dropped[#dropped + 1] = payload
   count(k.stats, 'superseded')
+end
+
+-- Dropped waiters whose caller did not end them within `after_ms` (it died): appended to
+-- `dropped` for this caller to end, their time renewed (one caller at a time).
+local function unended_drops(k, now, after_ms, dropped)
+  local key = k.stem .. ':dropped'
+  if redis.call('EXISTS', key) == 0 then return end
+  local entries = redis.call('HGETALL', key)
+  for i = 1, #entries, 2 do
+    local task_id = entries[i]
+    local since = tonumber(redis.call('HGET', k.units, 'd:' .. task_id) or '0')
+    if now - since >= after_ms then
+      redis.call('HSET', k.units, 'd:' .. task_id, now)
+      dropped[#dropped + 1] = task_id
+      dropped[#dropped + 1] = entries[i + 1]
+    end
+  end
 end
 
 -- Park a task in line, placed by its arrival (else now), unless the pool has room for it
@@ -457,7 +479,7 @@ local function park_in(k, task_id, units, payload, now, arrival, line, dropped)
         count(k.stats, 'rejected')
         return 'rejected'
       end
-      while redis.call('ZCARD', queue) >= line.m do drop_oldest(k, queue, dropped) end
+      while redis.call('ZCARD', queue) >= line.m do drop_oldest(k, queue, dropped, now) end
     end
   end
   if line and line.v then
@@ -486,7 +508,8 @@ local function settle(k)
   if not key then return end
   local live = prefix .. ':{pool:' .. base .. '} ' .. key .. ':live'
   if redis.call('ZCARD', k.holders) == 0 and redis.call('ZCARD', k.waiters) == 0
-      and redis.call('HLEN', k.parked) == 0 then
+      and redis.call('HLEN', k.parked) == 0
+      and redis.call('EXISTS', k.stem .. ':dropped') == 0 then
     redis.call('DEL', k.capacity, k.used, k.units, k.ring)
     redis.call('SREM', live, rest)
   else
