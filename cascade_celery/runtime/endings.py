@@ -2,11 +2,12 @@
 
 A key value's line holds at most ``max_parked`` tasks (constraints/flow.py). When full,
 the newcomer is rejected, or the oldest waiting one is dropped (a debounce). Either ends
-with its state in the result backend saying so, and its chord, chain and errbacks behave
-as for a failed task: they get a :class:`LineFull` exception. It is first marked failed
-(so chained tasks are, and a client blocked in ``AsyncResult.get()`` gets ``LineFull``
-raised: Celery's ``get`` waits only for its own ready states), then given its own state,
-which ``AsyncResult(id).state`` shows from then on.
+with its own state in the result backend, which ``AsyncResult(id).state`` shows; its
+chord, chain and errbacks behave as for a failed task (they get a :class:`LineFull`
+exception, and the tasks chained after it are marked ``FAILURE``). The task itself is
+never marked ``FAILURE``, not even for a moment: a client that read that would keep it
+(Celery's backends cache ready states). So ``AsyncResult.get()`` waits on it as on any
+state Celery does not count as ready: read ``.state``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from celery import Celery
+from celery import Celery, states
 from celery.app.task import Context
 from celery.backends.base import DisabledBackend
 
@@ -62,10 +63,16 @@ def _end(app: Celery, request: Any, state: str, pool: str) -> None:
         return
     exc = LineFull(f"{state}: {reason} in {pool}")
     try:
-        store = not request.ignore_result
-        backend.mark_as_failure(request.id, exc, request=request, store_result=store)
-        if store:
+        if not request.ignore_result:
             meta = {"pool": pool, "reason": reason, "since": time.time()}
             backend.store_result(request.id, meta, state, request=request)
+        # Its chord part and errbacks as for a failure, its own state kept; then what a
+        # failure stores for the tasks chained after it.
+        backend.mark_as_failure(request.id, exc, request=request, store_result=False)
+        for link in getattr(request, "chain", None) or ():
+            chained = Context(link)
+            chained_id = (chained.options or {}).get("task_id")
+            if chained_id is not None:
+                backend.store_result(chained_id, exc, states.FAILURE, request=chained)
     except Exception as exc_:
         logger.warning("cascade: could not record %s for %s: %s", state, request.id, exc_)
