@@ -21,7 +21,8 @@ from cascade_celery.constraints.model import Constraint
 from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime.endings import REJECTED, SUPERSEDED
 from tests.e2e.conftest import StartWorker
-from tests.e2e.timeline import Run, peak_concurrency, runs
+from tests.e2e.test_rate import SLACK
+from tests.e2e.timeline import Run, most_started_within, peak_concurrency, runs, starts_report
 from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_for
 
@@ -70,6 +71,29 @@ def test_a_limit_per_tenant_holds_for_each_while_tenants_run_in_parallel(
     for tenant in ("a", "b", "c"):
         assert peak_concurrency(of(all_runs, tenant)) == 1, tenant
     assert peak_concurrency(all_runs) >= 2
+
+
+def test_a_rate_per_tenant_holds_for_each_with_an_override(
+    gated_app: Celery, cascade: Cascade, start_worker: StartWorker,
+    broker_client: redis.Redis, unique_prefix: str,
+) -> None:  # fmt: skip
+    # Given 2/s per tenant, and 4/s for tenant c
+    apply(cascade, "rate_limit", rate="2/s", per="kwarg:tenant", overrides={"c": "4/s"})
+    start_worker(pool="prefork", concurrency=4)
+    start_worker(pool="prefork", concurrency=4)
+
+    # When 3 tenants send 6 tasks each
+    results = [send(gated_app, t, n, 0.01) for n in range(6) for t in ("a", "b", "c")]
+
+    # Then each tenant starts at most its rate in any second, the tenants side by side
+    for r in results:
+        r.get(timeout=60)
+    all_runs = runs(broker_client, unique_prefix)
+    for tenant, rate in (("a", 2), ("b", 2), ("c", 4)):
+        assert most_started_within(of(all_runs, tenant), 1.0 - SLACK) == rate, starts_report(
+            of(all_runs, tenant)
+        )
+    assert most_started_within(all_runs, 1.0 - SLACK) >= 5
 
 
 def test_a_limit_declared_in_code_with_a_key_function_holds_per_key_value(
