@@ -159,7 +159,7 @@ def _pools_table(pools: Sequence[PoolStatus]) -> str:
 
 
 def _pool_row(pool: PoolStatus, name: str) -> list[str]:
-    governing = [] if pool.value is not None else list(pool.governed_by)  # its family's
+    governing = list(pool.governed_by)
     if pool.default_capacity is not None:
         governing.append(f"code default {pool.default_capacity}")
     if pool.parked == 0:
@@ -168,8 +168,9 @@ def _pool_row(pool: PoolStatus, name: str) -> list[str]:
         oldest = "unknown"
     else:
         oldest = format_duration(pool.oldest_wait_seconds)
-    return [name, _capacity(pool), str(pool.running), str(pool.parked), oldest,
-            ", ".join(governing) or "-"]  # fmt: skip
+    # A key value's pool: its family's row above says what governs it.
+    governed = "" if pool.value is not None else ", ".join(governing) or "-"
+    return [name, _capacity(pool), str(pool.running), str(pool.parked), oldest, governed]
 
 
 def _capacity(pool: PoolStatus) -> str:
