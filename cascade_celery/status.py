@@ -27,6 +27,8 @@ from cascade_celery.pools.keys import (
     pool_defaults,
     pool_keys,
     pool_registry,
+    queue_key,
+    ring_key,
 )
 from cascade_celery.text import text
 
@@ -327,18 +329,3 @@ class _Reading:
 def _sized_by(pool: str) -> str:
     keyed = split_keyed(pool)
     return pool if keyed is None else keyed.family
-
-
-def _stem(prefix: str, pool: str) -> str:
-    capacity = pool_keys(prefix, pool).capacity
-    return capacity[: -len(":capacity")]
-
-
-def ring_key(prefix: str, pool: str) -> str:
-    """The LIST of fair values in turn in ``pool``'s line (pools/lua/includes/pool.lua)."""
-    return f"{_stem(prefix, pool)}:ring"
-
-
-def queue_key(prefix: str, pool: str, value: str) -> str:
-    """The ZSET of fair value ``value``'s waiters in ``pool``'s line (pool.lua)."""
-    return f"{_stem(prefix, pool)}:q:{value}"

@@ -26,8 +26,8 @@ from cascade_celery.constraints.keyed import split_family, split_keyed
 from cascade_celery.constraints.model import Constraint
 from cascade_celery.constraints.rate import RATE_GUARD_MS, window_of_pool
 from cascade_celery.constraints.registry import HandlerRegistry
-from cascade_celery.pools.keys import family_live, live_pools, pool_keys
-from cascade_celery.status import PoolCatalog, queue_key, read_catalog, ring_key
+from cascade_celery.pools.keys import family_live, live_pools, pool_keys, queue_key, ring_key
+from cascade_celery.status import PoolCatalog, read_catalog
 from cascade_celery.text import text
 from cascade_celery.why_answer import FairPlace, Holder, PoolView, Why
 

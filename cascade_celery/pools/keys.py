@@ -119,6 +119,16 @@ def stats_of(key: str) -> str:
     return f"{stem}:stats"
 
 
+def ring_key(prefix: str, pool: str) -> str:
+    """The LIST of fair values in turn in ``pool``'s line (pools/lua/includes/pool.lua)."""
+    return f"{_stem(prefix, pool)}:ring"
+
+
+def queue_key(prefix: str, pool: str, value: str) -> str:
+    """The ZSET of fair value ``value``'s waiters in ``pool``'s line."""
+    return f"{_stem(prefix, pool)}:q:{value}"
+
+
 def dropped_of(prefix: str, pool: str) -> str:
     """The HASH of ``pool``'s waiters dropped from a full line and not ended yet."""
     return f"{_stem(prefix, pool)}:dropped"
