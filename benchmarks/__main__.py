@@ -17,9 +17,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from benchmarks import plot, rate, scenarios
+from benchmarks import keyed, keyed_scripts, plot, rate, scenarios
 
-NAMES = ("overhead", "utilization", "control", "scale", "rate")
+NAMES = ("overhead", "utilization", "control", "scale", "rate",
+         "keyed_fairness", "keyed_handoff", "keyed_memory")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
                              "nagle": scenarios.control_latency(trials, nagle=True)}  # fmt: skip
         elif name == "rate":
             results[name] = rate.rate(runs, n=60, n_two=80) if args.quick else rate.rate(runs)
+        elif name == "keyed_fairness":
+            results[name] = (keyed.fairness(runs, heavy=200, light=5)
+                             if args.quick else keyed.fairness(runs))  # fmt: skip
+        elif name == "keyed_handoff":
+            results[name] = (keyed_scripts.handoff(runs, (10, 1000), waiters=2000, batch=50)
+                             if args.quick else keyed_scripts.handoff(runs))  # fmt: skip
+        elif name == "keyed_memory":
+            results[name] = (keyed_scripts.memory(tenants=5000, chunk=2500)
+                             if args.quick else keyed_scripts.memory())  # fmt: skip
         else:
             results[name] = (scenarios.scale(runs, depth=1000, pools=100, batch=50)
                              if args.quick else scenarios.scale(runs))  # fmt: skip

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.errors import REDIS_DOWN, NotApplied, PoolUnavailable
 from cascade_celery.mqtt import protocol
 from cascade_celery.mqtt.publisher import publish_retained
+from cascade_celery.status import TOP_VALUES, PoolStatus, read_status
 from cascade_celery.store import ConstraintStore
 from cascade_celery.why import backend_state, explain
 from cascade_celery.why_answer import Why
@@ -160,26 +161,67 @@ class ConstraintChanges:
         scope: str,
         limit: int,
         *,
+        per: str | None = None,
+        fair_by: str | None = None,
+        overrides: Mapping[str, int] | None = None,
+        weights: Mapping[str, int] | None = None,
+        max_parked: int | None = None,
+        on_full: str | None = None,
         seconds: float | None = None,
         constraint_id: str | None = None,
         wait: float | None = None,
     ) -> Constraint:
-        """Limit ``scope`` to ``limit`` concurrent runs cluster-wide."""
-        return self._put("concurrency", scope, {"limit": limit}, seconds, constraint_id, wait)
+        """Limit ``scope`` to ``limit`` concurrent runs cluster-wide.
+
+        ``per`` (a key: ``"kwarg:<name>"``, ``"arg:<index>"``, ``"header:<name>"``): that
+        many per key value, ``overrides`` (``{value: limit}``) setting others; ``fair_by``:
+        serve the line round-robin across that key's values, ``weights`` (``{value:
+        1..1000}``) giving some more turns; ``max_parked`` (with a key): at most that many
+        waiting per value, ``on_full`` ``"reject"`` (default) or ``"drop_oldest"``.
+        Raises InvalidConstraint (publishing nothing) for a bad param.
+        """
+        params = {"limit": limit, **flow_params(per, fair_by, overrides, weights, max_parked,
+                                                on_full)}  # fmt: skip
+        return self._put("concurrency", scope, params, seconds, constraint_id, wait)
 
     def rate(
         self,
         scope: str,
         rate: str | Sequence[str],
         *,
+        per: str | None = None,
+        fair_by: str | None = None,
+        overrides: Mapping[str, str | Sequence[str]] | None = None,
+        weights: Mapping[str, int] | None = None,
+        max_parked: int | None = None,
+        on_full: str | None = None,
         seconds: float | None = None,
         constraint_id: str | None = None,
         wait: float | None = None,
     ) -> Constraint:
         """Admit at most N tasks of ``scope`` in any period, cluster-wide: ``"10/s"``, or
-        several windows that all hold (``["10/s", "500/h"]``)."""
-        value: str | list[str] = rate if isinstance(rate, str) else list(rate)
-        return self._put("rate_limit", scope, {"rate": value}, seconds, constraint_id, wait)
+        several windows that all hold (``["10/s", "500/h"]``).
+
+        The flow params as for :meth:`limit`; ``overrides`` gives some key values other
+        rates (``{"acme": "100/s"}``, or a list of windows).
+        """
+        rates: object = overrides
+        if isinstance(overrides, Mapping):
+            rates = {value: _rate(each) for value, each in overrides.items()}
+        params = {"rate": _rate(rate), **flow_params(per, fair_by, rates, weights, max_parked,
+                                                     on_full)}  # fmt: skip
+        return self._put("rate_limit", scope, params, seconds, constraint_id, wait)
+
+    def status(self, *, top: int = TOP_VALUES, key: str | None = None) -> list[PoolStatus]:
+        """Every pool as it is now (``celery cascade status``): capacity, running, parked.
+
+        A family of per-key pools is one entry summing its live pools, with its ``top``
+        key values by parked (or just value ``key``'s pool) in ``values``; fair pools
+        carry their waiting per fair value (:class:`~cascade_celery.status.FairLine`).
+        """
+        with _reaching_redis(self.config):
+            return read_status(self._store().client, self.config.redis_prefix,
+                               self.constraints(), self.handlers, top=top, key=key)  # fmt: skip
 
     def resume(self, scope: str, *, wait: float | None = None) -> bool:
         """Remove the pause made by ``pause(scope)``."""
@@ -211,6 +253,30 @@ class ConstraintChanges:
         )
         self.apply_constraint(constraint, wait=wait)
         return constraint
+
+
+def flow_params(
+    per: str | None,
+    fair_by: str | None,
+    overrides: object,
+    weights: object,
+    max_parked: int | None,
+    on_full: str | None,
+) -> dict[str, Any]:
+    """The flow params given (None ones left out), as a constraint carries them."""
+    given = {"per": per, "fair_by": fair_by, "overrides": _plain(overrides),
+             "weights": _plain(weights), "max_parked": max_parked, "on_full": on_full}  # fmt: skip
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _plain(table: object) -> object:
+    """A mapping as a dict; anything else as it is (for validation to refuse)."""
+    return dict(table) if isinstance(table, Mapping) else table
+
+
+def _rate(rate: object) -> object:
+    """A sequence of rates as a list; anything else as it is (validation checks it)."""
+    return rate if isinstance(rate, str) or not isinstance(rate, Iterable) else list(rate)
 
 
 @contextmanager

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, cast
 
 from celery import Task
 from celery.app.task import Context
@@ -26,6 +26,7 @@ from celery.exceptions import Ignore
 
 from cascade_celery import internals
 from cascade_celery.constraints.handlers.concurrency import MAX_LIMIT, concurrency_pool
+from cascade_celery.constraints.keyed import CODE_KEY, as_key_value, family_name, keyed_pool
 from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.constraints.rate import parse_rate, rate_pool
 from cascade_celery.errors import ConfigurationError, InvalidConstraint
@@ -52,6 +53,12 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
     #: constraint on ``resource:<name>`` sets that pool's capacity (none: unlimited).
     resources: ClassVar[Mapping[str, int] | None] = None
 
+    #: A key for the limit and rate declared here: ``key=lambda args, kwargs: ...``
+    #: returns a run's key value (any value; not a string: its JSON text), and each key
+    #: value gets ``concurrency`` and ``rate`` on its own (constraints/keyed.py). Code,
+    #: so it is never sent over MQTT; an exception it raises fails the run.
+    key: ClassVar[Callable[[Any, Any], object] | None] = None
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         name = getattr(cls, "name", None) or cls.__qualname__
@@ -71,6 +78,13 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
                 parse_rate(rate if isinstance(rate, str) else list(rate))
             except (InvalidConstraint, TypeError) as exc:
                 raise ConfigurationError(f"task {name}: rate: {exc}") from None
+        key = cls.__dict__.get("key")
+        if key is not None:
+            if not callable(key):
+                raise ConfigurationError(f"task {name}: key must be a function (args, kwargs)")
+            if cls.__dict__.get("concurrency") is None and cls.__dict__.get("rate") is None:
+                raise ConfigurationError(f"task {name}: key needs a concurrency or a rate")
+            cls.key = staticmethod(key)  # called as key(args, kwargs), not as a method
         resources = cls.__dict__.get("resources")
         if resources is not None:
             if not isinstance(resources, Mapping):
@@ -108,20 +122,28 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
             setattr(request, GATED, version)
         runtime.started(task_id)  # the body starts: count its rate admissions from now
 
-    def cascade_requirements(self) -> dict[str, int]:
-        """The pools every run needs, declared in code: ``pool -> units``."""
+    def cascade_requirements(self, args: Any = (), kwargs: Any = None) -> dict[str, int]:
+        """The pools a run (of ``args``, ``kwargs``) needs, declared in code: ``pool ->
+        units``; with a ``key``, its key value's pools."""
         requirements = {f"resource:{name}": units for name, units in (self.resources or {}).items()}
+        declared = [*self._rate_capacities()]
         if self.concurrency is not None:
-            requirements[concurrency_pool(f"task:{self.name}")] = 1
-        for pool in self._rate_capacities():
-            requirements[pool] = 1
+            declared.append(concurrency_pool(f"task:{self.name}"))
+        key = _key_of(self)
+        if key is not None and declared:
+            value = as_key_value(key(args, kwargs or {}))
+            declared = [keyed_pool(pool, CODE_KEY, value) for pool in declared]
+        requirements.update(dict.fromkeys(declared, 1))
         return requirements
 
     def cascade_defaults(self) -> dict[str, int]:
-        """Pool capacities declared in code: ``pool -> capacity``."""
+        """Pool capacities declared in code: ``pool -> capacity`` (with a ``key``: the
+        capacity of every pool of the family ``"<pool> code"``)."""
         defaults = self._rate_capacities()
         if self.concurrency is not None:
             defaults[concurrency_pool(f"task:{self.name}")] = self.concurrency
+        if self.key is not None:
+            return {family_name(pool, CODE_KEY): n for pool, n in defaults.items()}
         return defaults
 
     def _rate_capacities(self) -> dict[str, int]:
@@ -135,8 +157,22 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
         return TaskInfo(
             name=self.name,
             queue=queue_of(self.app, *original_route(request)),
-            resources=self.cascade_requirements(),
+            resources=self.cascade_requirements(request.args or (), request.kwargs or {}),
+            args=request.args or (),
+            kwargs=request.kwargs or {},
+            headers=MessageHeaders(request),
         )
+
+
+def _key_of(task: GatedTask) -> Callable[[Any, Any], object] | None:
+    """The task's key function (a staticmethod on its class or a base)."""
+    for cls in type(task).__mro__:
+        found = cls.__dict__.get("key")
+        if isinstance(found, staticmethod):
+            return cast("Callable[[Any, Any], object]", found.__func__)
+        if found is not None:
+            return cast("Callable[[Any, Any], object]", found)
+    return None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -183,6 +219,29 @@ def _gated(task: Any, tracer: Any) -> Any:
 
 
 internals.hook_tracer(GatedTask, _gated)  # a worker runs messages through the gate
+
+
+class MessageHeaders(Mapping[str, Any]):
+    """A run's message headers as keys read them: Celery puts a message's custom headers
+    among the request's own fields (``request.<name>``), some versions under
+    ``request.headers`` too."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+
+    def __getitem__(self, name: str) -> Any:
+        value = getattr(self._request, name, None)
+        if value is None:
+            value = (getattr(self._request, "headers", None) or {}).get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(getattr(self._request, "headers", None) or {})
+
+    def __len__(self) -> int:
+        return len(getattr(self._request, "headers", None) or {})
 
 
 def queue_of(app: Any, exchange: str, routing_key: str) -> str | None:

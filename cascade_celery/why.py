@@ -1,10 +1,12 @@
 """Why a task waits, or what it holds: its place in each pool's line, read from Redis.
 
 Read-only, in a few pipelined round trips whatever the number of pools: the catalog
-(``status.read_catalog``); then, per pool, the task's place in line, its reservation
+(``status.read_catalog``); the live pools of each family of per-key pools (its ``live``
+SET); then, per pool, the task's place in line, its reservation
 and its leases (``ZSCAN`` of the holders for ``t:<task id>:*``; one more round trip per
 :data:`SCAN_COUNT` holders of the largest pool); then the pools it is found in: their
-counters, first holders and rate due; then those holders' units.
+counters, first holders, rate due and fair value; then those holders' units, and the
+task's place in its fair value's line.
 
 Every time is measured on Redis's clock, the one the Lua scripts stamp with, and given
 relative to it (seconds), so the reader's own clock never skews it.
@@ -12,6 +14,7 @@ relative to it (seconds), so the reader's own clock never skews it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,13 +22,14 @@ import redis
 from celery import Celery
 from celery.backends.base import DisabledBackend
 
+from cascade_celery.constraints.keyed import split_family, split_keyed
 from cascade_celery.constraints.model import Constraint
 from cascade_celery.constraints.rate import RATE_GUARD_MS, window_of_pool
 from cascade_celery.constraints.registry import HandlerRegistry
-from cascade_celery.pools.keys import pool_keys
+from cascade_celery.pools.keys import family_live, live_pools, pool_keys, queue_key, ring_key
 from cascade_celery.status import PoolCatalog, read_catalog
 from cascade_celery.text import text
-from cascade_celery.why_answer import Holder, PoolView, Why
+from cascade_celery.why_answer import FairPlace, Holder, PoolView, Why
 
 #: The most holders listed per pool (the earliest to expire first).
 HOLDERS_SHOWN = 10
@@ -49,8 +53,52 @@ def explain(
     backend's state is the caller's to add. Raises redis-py's errors.
     """
     catalog = read_catalog(client, prefix, constraints, handlers)
-    found = _find(client, prefix, task_id, catalog.names)
-    return Why(task_id, _views(client, prefix, task_id, catalog, found, lease_seconds))
+    found = _find(client, prefix, task_id, _pools(client, prefix, catalog.names))
+    views = _views(client, prefix, task_id, catalog, found, lease_seconds)
+    return Why(task_id, _fair_places(client, prefix, task_id, catalog, views))
+
+
+def _pools(client: redis.Redis, prefix: str, names: Sequence[str]) -> list[str]:
+    """``names`` with each family replaced by its pools that hold or wait now."""
+    families = [name for name in names if split_family(name) is not None]
+    with client.pipeline(transaction=False) as pipe:
+        for family in families:
+            pipe.smembers(family_live(prefix, family))
+        live = {f: sorted(live_pools(f, members))
+                for f, members in zip(families, pipe.execute(), strict=True)}  # fmt: skip
+    return [pool for name in names for pool in live.get(name, [name])]
+
+
+def _fair_places(
+    client: redis.Redis, prefix: str, task_id: str, catalog: PoolCatalog,
+    views: tuple[PoolView, ...],
+) -> tuple[PoolView, ...]:  # fmt: skip
+    """``views`` with the task's place in its fair value's line, where it waits in one."""
+    fair = [(view, view.fair) for view in views if view.fair is not None]
+    with client.pipeline(transaction=False) as pipe:
+        for view, place in fair:
+            queue = queue_key(prefix, view.name, place.value)
+            pipe.zrank(queue, task_id)
+            pipe.zcard(queue)
+        replies = iter(pipe.execute())
+    placed = {}
+    for view, place in fair:
+        rank, waiting = next(replies), next(replies)
+        found = dataclasses.replace(
+            place,
+            key=_fair_key(catalog, view.name),
+            position=None if rank is None else rank + 1,
+            waiting=int(waiting),
+        )
+        placed[view.name] = dataclasses.replace(view, fair=found)
+    return tuple(placed.get(view.name, view) for view in views)
+
+
+def _fair_key(catalog: PoolCatalog, pool: str) -> str | None:
+    keyed = split_keyed(pool)
+    governing = catalog.governed.get(pool if keyed is None else keyed.family, ())
+    keys = [c.params["fair_by"] for c in governing if "fair_by" in c.params]
+    return str(keys[0]) if keys else None
 
 
 def backend_state(app: Celery, task_id: str) -> str | None:
@@ -114,20 +162,22 @@ def _views(
             pipe.zcard(keys.waiters)
             pipe.zrange(keys.holders, 0, HOLDERS_SHOWN - 1, withscores=True)
             pipe.zcard(keys.holders)
-            pipe.hmget(keys.units, [f"a:{task_id}", "due"])
+            pipe.hmget(keys.units, [f"a:{task_id}", "due", f"f:{task_id}"])
             pipe.zscore(keys.holders, (found[name][1] or [""])[0])  # its own hold, if any
+            pipe.llen(ring_key(prefix, name))
         replies = pipe.execute()
-    per_pool = [replies[6 * i : 6 * i + 6] for i in range(len(names))]
+    per_pool = [replies[7 * i : 7 * i + 7] for i in range(len(names))]
     with client.pipeline(transaction=False) as pipe:
-        for name, (_, _, first, _, _, _) in zip(names, per_pool, strict=True):
+        for name, (_, _, first, _, _, _, _) in zip(names, per_pool, strict=True):
             members = [text(m) for m, _ in first] + found[name][1][:1]
             pipe.hmget(pool_keys(prefix, name).units, members or ["-"])
         units = pipe.execute()
 
     now_ms, views = catalog.now_ms, []
     for name, reply, unit_list in zip(names, per_pool, units, strict=True):
-        used, waiting, first, holder_count, (parked_at, due), own_score = reply
+        used, waiting, first, holder_count, (parked_at, due, fair), own_score, values = reply
         rank, own = found[name]
+        keyed = split_keyed(name)
         window_ms = window_of_pool(name)
         hold = _Holding(now_ms, window_ms, lease_seconds)
         holders = tuple(
@@ -143,7 +193,7 @@ def _views(
             name=name,
             capacity=catalog.capacity_of(name),
             used=int(used or 0),
-            constraints=catalog.governed.get(name, ()),
+            constraints=catalog.governed.get(name if keyed is None else keyed.family, ()),
             default_capacity=catalog.defaults.get(name),
             position=None if rank is None else rank + 1,
             waiting=int(waiting),
@@ -153,6 +203,11 @@ def _views(
             holder_count=int(holder_count),
             next_due_in_seconds=next_due,
             announced_due_in_seconds=None if due is None else (int(due) - now_ms) / 1000,
+            key=None if keyed is None else keyed.key,
+            value=None if keyed is None else keyed.value,
+            fair=None if fair is None or rank is None else FairPlace(  # its place: read next
+                None, text(fair), None, 0, int(values)
+            ),
         ))  # fmt: skip
     return tuple(views)
 

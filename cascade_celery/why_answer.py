@@ -30,6 +30,24 @@ class Holder:
 
 
 @dataclass(frozen=True, slots=True)
+class FairPlace:
+    """A parked task's place in a fair pool's line (``fair_by``): in its fair value's own
+    line, served round-robin with the other values'."""
+
+    #: The key the line is shared out by (``kwarg:tenant``; None if no constraint says).
+    key: str | None
+    #: The task's fair value.
+    value: str
+    #: Its place among that value's waiters (1: next when the value's turn comes).
+    position: int | None
+    #: That value's waiters.
+    waiting: int
+    #: Values in turn (the ring's length; a value whose tasks all left out of turn
+    #: counts until its turn comes).
+    values: int
+
+
+@dataclass(frozen=True, slots=True)
 class PoolView:
     """A pool the task waits in or holds units of, as it is now."""
 
@@ -57,6 +75,11 @@ class PoolView:
     #: more then), and until the due time the scripts last announced (units ``due``).
     next_due_in_seconds: float | None = None
     announced_due_in_seconds: float | None = None
+    #: A per-key pool (``"<base> <key>=<value>"``): its key and the task's key value.
+    key: str | None = None
+    value: str | None = None
+    #: A fair pool the task waits in: its place in its fair value's line.
+    fair: FairPlace | None = None
 
     @property
     def is_rate_pool(self) -> bool:

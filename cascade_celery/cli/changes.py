@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import click
 from celery.bin.base import CeleryCommand
 
 from cascade_celery.cascade import default_id
 from cascade_celery.cli.context import cascade_of, confirm, reporting_errors
+from cascade_celery.cli.flow import flow_options, flow_settings, flow_text
 from cascade_celery.cli.options import (
     SCOPE_HELP,
     for_option,
@@ -78,24 +79,33 @@ def pause(
 )
 @scope_argument
 @limit_argument
+@flow_options("LIMIT")
 @for_option("Lift the limit after DURATION (30s, 10m, 2h, 1h30m, 1d or seconds).")
 @id_option("Constraint id (default: concurrency-<scope>).")
 @wait_option
 @click.pass_context
 def limit(
     ctx: click.Context,
+    /,
     scope: Scope,
     n: int,
     duration: float | None,
     constraint_id: str | None,
     wait: float | None,
+    **flow: Any,
 ) -> None:
-    """Let at most N tasks of SCOPE run at once, across all workers (0 holds them all)."""
+    """Let at most N tasks of SCOPE run at once, across all workers (0 holds them all).
+
+    With --per KEY, N at once for each value of KEY (--override VALUE=LIMIT for some);
+    with --fair-by KEY, waiting tasks are served round-robin across KEY's values.
+    """
+    settings = flow_settings(ctx, flow)
     with reporting_errors(ctx):
         constraint = cascade_of(ctx).limit(
-            str(scope), n, seconds=duration, constraint_id=constraint_id
+            str(scope), n, seconds=duration, constraint_id=constraint_id, **settings
         )
-    _applied(ctx, constraint, duration, wait, f"limited {scope} to {n} at once")
+    done = f"limited {scope} to {n} at once{flow_text(settings)}"
+    _applied(ctx, constraint, duration, wait, done)
 
 
 _RATE_HELP = "RATE is N/PERIOD, PERIOD s, m, h or d with an optional count: 10/s, 300/m, 500/15m."
@@ -104,27 +114,37 @@ _RATE_HELP = "RATE is N/PERIOD, PERIOD s, m, h or d with an optional count: 10/s
 @click.command(cls=CeleryCommand, epilog=f"{_RATE_HELP} {SCOPE_HELP}")
 @scope_argument
 @click.argument("rates", metavar="RATE...", nargs=-1, required=True)
+@flow_options("RATE")
 @for_option("Lift the rate limit after DURATION (30s, 10m, 2h, 1h30m, 1d or seconds).")
 @id_option("Constraint id (default: rate_limit-<scope>).")
 @wait_option
 @click.pass_context
 def rate(
     ctx: click.Context,
+    /,
     scope: Scope,
     rates: tuple[str, ...],
     duration: float | None,
     constraint_id: str | None,
     wait: float | None,
+    **flow: Any,
 ) -> None:
-    """Admit tasks of SCOPE at no more than RATE, across all workers (several: all hold)."""
+    """Admit tasks of SCOPE at no more than RATE, across all workers (several: all hold).
+
+    With --per KEY, that rate for each value of KEY (--override VALUE=RATE for some);
+    with --fair-by KEY, waiting tasks are served round-robin across KEY's values.
+    """
+    settings = flow_settings(ctx, flow)
     with reporting_errors(ctx):
         constraint: Constraint = cascade_of(ctx).rate(
             str(scope),
             rates[0] if len(rates) == 1 else list(rates),
             seconds=duration,
             constraint_id=constraint_id,
+            **settings,
         )
-    _applied(ctx, constraint, duration, wait, f"rate-limited {scope} to {' and '.join(rates)}")
+    done = f"rate-limited {scope} to {' and '.join(rates)}{flow_text(settings)}"
+    _applied(ctx, constraint, duration, wait, done)
 
 
 def _applied(

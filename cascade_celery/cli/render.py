@@ -71,7 +71,7 @@ def status_frame(
                           for name, applied in sorted(processes.items())],
         }  # fmt: skip
         return json.dumps(document, indent=2 if pretty else None)
-    lines = [_pools_table(shown)]
+    lines = [_pools_table(shown), *_fair_section(shown)]
     if len(shown) < len(pools):
         hidden = len(pools) - len(shown)
         lines.append(f"({hidden} idle pool{'s' if hidden > 1 else ''} not shown; --all lists them)")
@@ -105,8 +105,23 @@ def constraint_json(constraint: Constraint, now: float) -> dict[str, Any]:
     }
 
 
+#: The fields every pool's JSON has; families, per-key and fair pools add theirs.
+_POOL_FIELDS = tuple(f.name for f in dataclasses.fields(PoolStatus))[:9]
+
+
 def _pool_json(pool: PoolStatus) -> dict[str, Any]:
-    return {**dataclasses.asdict(pool), "governed_by": list(pool.governed_by)}
+    document: dict[str, Any] = {name: getattr(pool, name) for name in _POOL_FIELDS}
+    document["governed_by"] = list(pool.governed_by)
+    if pool.key is not None:
+        document["key"] = pool.key
+        if pool.value is None:  # a family
+            document["live_values"] = pool.live_values
+            document["values"] = [_pool_json(value) for value in pool.values]
+        else:
+            document["value"] = pool.value
+    if pool.fair is not None:
+        document["fair"] = dataclasses.asdict(pool.fair)
+    return document
 
 
 def constraints_table(constraints: Sequence[Constraint], now: float) -> str:
@@ -133,35 +148,55 @@ def _pools_table(pools: Sequence[PoolStatus]) -> str:
         return "no pools in use"
     rows = []
     for pool in pools:
-        governing = list(pool.governed_by)
-        if pool.default_capacity is not None:
-            governing.append(f"code default {pool.default_capacity}")
-        if pool.parked == 0:
-            oldest = "-"
-        elif pool.oldest_wait_seconds is None:
-            oldest = "unknown"
-        else:
-            oldest = format_duration(pool.oldest_wait_seconds)
-        rows.append([
-            pool.name,
-            _capacity(pool),
-            str(pool.running),
-            str(pool.parked),
-            oldest,
-            ", ".join(governing) or "-",
-        ])  # fmt: skip
+        rows.append(_pool_row(pool, pool.name))
+        for value in pool.values:  # a family's top key values, under it
+            rows.append(_pool_row(value, f"  {value.key}={value.value}"))
+        more = (pool.live_values or 0) - len(pool.values)
+        if pool.value is None and pool.values and more > 0:
+            rows.append([f"  (+{more} more value{'s' if more > 1 else ''}; --top, --key)",
+                         *[""] * 5])  # fmt: skip
     return _table(["POOL", "CAPACITY", "RUNNING", "PARKED", "OLDEST WAIT", "GOVERNED BY"], rows)
 
 
+def _pool_row(pool: PoolStatus, name: str) -> list[str]:
+    governing = list(pool.governed_by)
+    if pool.default_capacity is not None:
+        governing.append(f"code default {pool.default_capacity}")
+    if pool.parked == 0:
+        oldest = "-"
+    elif pool.oldest_wait_seconds is None:
+        oldest = "unknown"
+    else:
+        oldest = format_duration(pool.oldest_wait_seconds)
+    # A key value's pool: its family's row above says what governs it.
+    governed = "" if pool.value is not None else ", ".join(governing) or "-"
+    return [name, _capacity(pool), str(pool.running), str(pool.parked), oldest, governed]
+
+
 def _capacity(pool: PoolStatus) -> str:
-    """A limit's slots, or a rate's admissions per period and when it next admits."""
+    """A limit's slots, or a rate's admissions per period and when it next admits; a
+    family's per key value (``2 per kwarg:tenant``)."""
     if pool.capacity is None:
         return "unlimited"
     if pool.window_seconds is None:
-        return str(pool.capacity)
-    rate = f"{pool.capacity} per {format_duration(pool.window_seconds)}"
+        text = str(pool.capacity)
+    else:
+        text = f"{pool.capacity} per {format_duration(pool.window_seconds)}"
+    if pool.key is not None and pool.value is None:
+        return f"{text} per {pool.key}"
     wait = pool.next_admission_in_seconds
-    return rate if not wait else f"{rate}, next in {format_duration(wait)}"
+    return text if not wait else f"{text}, next in {format_duration(wait)}"
+
+
+def _fair_section(pools: Sequence[PoolStatus]) -> list[str]:
+    """Lines on the fair pools shown: how many wait per fair value, most first."""
+    lines = []
+    for pool in (p for shown in pools for p in (shown, *shown.values)):
+        if (line := pool.fair) is not None:
+            top = ", ".join(f"{json.dumps(w.value)} {w.waiting}" for w in line.top)
+            turn = f"{line.values} value{'s' if line.values != 1 else ''} in turn"
+            lines.append(f"  {pool.name}  by {line.key}, {turn}: {top or 'none waiting'}")
+    return ["", "fair lines (waiting per value, most first):", *lines] if lines else []
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 
 import click
 import redis
@@ -21,7 +22,7 @@ from cascade_celery.cli.render import (
     status_frame,
 )
 from cascade_celery.redis_client import client_for
-from cascade_celery.status import read_status
+from cascade_celery.status import TOP_VALUES, read_status
 
 
 @click.command(cls=CeleryCommand)
@@ -66,6 +67,21 @@ def constraints(ctx: click.Context, as_json: bool) -> None:
     cls=CeleryOption,
     help="Also list idle pools that nothing governs.",
 )
+@click.option(
+    "--top",
+    type=click.IntRange(min=0),
+    default=TOP_VALUES,
+    show_default=True,
+    cls=CeleryOption,
+    help="Key values listed per family of per-key pools, and per fair line (most parked first).",
+)
+@click.option(
+    "--key",
+    "value",
+    metavar="VALUE",
+    cls=CeleryOption,
+    help="Show only key value VALUE: its pool in each family, its waiting in fair lines.",
+)
 @click.pass_context
 def status(
     ctx: click.Context,
@@ -74,32 +90,47 @@ def status(
     interval: float | None,
     count: int | None,
     show_all: bool,
+    top: int,
+    value: str | None,
 ) -> None:
     """Show the pools and the active constraints.
 
     Per pool: capacity, units running, tasks parked, how long the first in line has
     waited, and the constraints (or code default) setting its capacity. Idle pools that
-    nothing governs are left out unless --all is given.
+    nothing governs are left out unless --all is given. A limit or rate with --per is
+    one row per family (``2 per kwarg:tenant``, running and parked summed over its key
+    values), its top key values by parked below it; fair lines (--fair-by) list how
+    many wait per fair value.
     """
     api = cascade_of(ctx)
     with reporting_errors(ctx):
         client = client_for(api.config, socket_connect_timeout=5.0, socket_timeout=5.0)
+    view = _View(as_json, show_all, top, value)
     try:
         if watch or interval is not None or count is not None:
-            _watch(ctx, api, client, as_json, show_all, interval or 2.0, count)
+            _watch(ctx, api, client, view, interval or 2.0, count)
         else:
             with reporting_errors(ctx):
-                click.echo(_frame(api, client, as_json, show_all, pretty=True))
+                click.echo(_frame(api, client, view, pretty=True))
     finally:
         client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What ``status`` was asked to show."""
+
+    as_json: bool
+    show_all: bool
+    top: int
+    value: str | None
 
 
 def _watch(
     ctx: click.Context,
     api: Cascade,
     client: redis.Redis,
-    as_json: bool,
-    show_all: bool,
+    view: _View,
     interval: float,
     count: int | None,
 ) -> None:
@@ -110,13 +141,15 @@ def _watch(
         while True:
             try:
                 with reporting_errors(ctx):
-                    frame = _frame(api, client, as_json, show_all, pretty=False)
+                    frame = _frame(api, client, view, pretty=False)
             except click.ClickException as exc:
                 if not is_outage(exc):
                     raise
                 # Keep watching through an outage: it is what one watches for.
-                frame = json.dumps({"error": exc.message}) if as_json else f"Error: {exc.message}"
-            if as_json:
+                frame = (
+                    json.dumps({"error": exc.message}) if view.as_json else f"Error: {exc.message}"
+                )
+            if view.as_json:
                 click.echo(frame)
             else:
                 if tty:
@@ -132,14 +165,13 @@ def _watch(
         return  # Ctrl-C ends a watch: not an error
 
 
-def _frame(
-    api: Cascade, client: redis.Redis, as_json: bool, show_all: bool, *, pretty: bool
-) -> str:
+def _frame(api: Cascade, client: redis.Redis, view: _View, *, pretty: bool) -> str:
     """Read the constraints, pools and processes now, and render them."""
     active = api.constraints()
-    pools = read_status(client, api.config.redis_prefix, active, api.handlers)
+    pools = read_status(client, api.config.redis_prefix, active, api.handlers,
+                        top=view.top, key=view.value)  # fmt: skip
     version, processes = api.processes()
     return status_frame(
         active, pools, version, processes, time.time(),
-        as_json=as_json, show_all=show_all, pretty=pretty,
+        as_json=view.as_json, show_all=view.show_all, pretty=pretty,
     )  # fmt: skip

@@ -66,6 +66,7 @@ def _pool_json(pool: PoolView, now: float) -> dict[str, Any]:
         "is_rate_pool": pool.is_rate_pool,
         "constraints": [constraint_json(c, now) for c in pool.constraints],
         "held": None if pool.held is None else dataclasses.asdict(pool.held),
+        "fair": None if pool.fair is None else dataclasses.asdict(pool.fair),
         "holders": [dataclasses.asdict(holder) for holder in pool.holders],
     }
 
@@ -97,6 +98,15 @@ def _pool_lines(pool: PoolView, now: float) -> list[str]:
     if pool.position is not None:
         waited = "" if pool.waited_seconds is None else f", parked {_ago(pool.waited_seconds)}"
         lines.append(f"  line:        {pool.position} of {pool.waiting}{waited}")
+    if pool.key is not None:
+        lines.append(f"  key value:   {pool.key} = {json.dumps(pool.value)} (a pool per value)")
+    if (fair := pool.fair) is not None:
+        place = "not in it" if fair.position is None else f"{fair.position} of {fair.waiting}"
+        value = (
+            json.dumps(fair.value) if fair.key is None else f"{fair.key} = {json.dumps(fair.value)}"
+        )
+        lines.append(f"  fair line:   {place} waiting for {value}; "
+                     f"{fair.values} value{'s' if fair.values != 1 else ''} in turn")  # fmt: skip
     if pool.held is not None:
         lines.append(f"  it holds:    {_holder_text(pool.held, own=True)}")
     lines.append(f"  capacity:    {capacity}, {pool.used} in use")

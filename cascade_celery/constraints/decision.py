@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from cascade_celery.constraints.flow import Line
 from cascade_celery.constraints.model import Constraint
 
 
@@ -14,12 +15,14 @@ class Decision:
 
     ``pools`` lists every pool to acquire, in order: the hold pools of denying
     constraints first (capacity 0), then the requirements. ``capacities`` gives each
-    pool's capacity (None: unlimited).
+    pool's capacity (None: unlimited); ``lines`` how the task joins the line of pools
+    whose constraints keep fair or bounded lines (constraints/flow.py).
     """
 
     pools: tuple[tuple[str, int], ...]
     capacities: Mapping[str, int | None]
     denied_by: Constraint | None = None
+    lines: Mapping[str, Line] = field(default_factory=dict)
 
     @property
     def is_free(self) -> bool:

@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from cascade_celery.constraints.decision import FREE, Decision
+from cascade_celery.constraints.flow import Line
 from cascade_celery.constraints.handlers.base import ConstraintHandler
 from cascade_celery.constraints.index import ConstraintIndex
+from cascade_celery.constraints.keyed import split_keyed
 from cascade_celery.constraints.model import Constraint, TaskInfo
 from cascade_celery.constraints.rate import scope_of_pool
 from cascade_celery.constraints.registry import HandlerRegistry
@@ -27,6 +29,8 @@ __all__ = ["FREE", "RATE_LIMIT", "ConstraintManager", "Decision", "PoolsChanged"
 PoolsChanged = Callable[[set[str]], None]
 #: The type whose runtime constraints replace the rate a task declares in code.
 RATE_LIMIT = "rate_limit"
+CONCURRENCY = "concurrency"
+_CONCURRENCY_POOL = "constraint:concurrency:"
 
 
 class ConstraintManager:
@@ -166,6 +170,7 @@ class ConstraintManager:
         self._advance()
         holds: dict[str, int] = {}
         requirements: dict[str, int] = dict(task.resources)
+        lines: dict[str, Line] = {}
         denied_by: Constraint | None = None
         with self._lock:
             for constraint in self._index.matching(task):
@@ -176,6 +181,7 @@ class ConstraintManager:
                     holds[handler.hold_pool(constraint)] = 1
                     denied_by = denied_by or constraint
                 handler.append_requirements(constraint, task, requirements)
+                lines.update(handler.lines(constraint, task))
             capacities = {pool: self._capacity_of(pool, now) for pool in (*holds, *requirements)}
         # Unlimited pools gate nothing; held pools come first so a denial wins.
         pools = tuple(holds.items()) + tuple(
@@ -185,7 +191,7 @@ class ConstraintManager:
         )
         if not pools:
             return FREE
-        return Decision(pools=pools, capacities=capacities, denied_by=denied_by)
+        return Decision(pools=pools, capacities=capacities, denied_by=denied_by, lines=lines)
 
     def capacity_of(self, pool: str) -> int | None:
         """The pool's capacity in this process's view (None: unlimited)."""
@@ -198,8 +204,10 @@ class ConstraintManager:
         self._advance()
         with self._lock:
             now = self._clock()
-            return pool in self._defaults or any(
-                not c.is_expired(now) for c, _ in self._index.capacities(pool)
+            keyed = split_keyed(pool)
+            sized_by = keyed.family if keyed else pool
+            return sized_by in self._defaults or any(
+                not c.is_expired(now) for c, _ in self._index.capacities(sized_by)
             )
 
     @property
@@ -209,6 +217,22 @@ class ConstraintManager:
             return dict(self._defaults)
 
     def _capacity_of(self, pool: str, now: float) -> int | None:
+        keyed = split_keyed(pool)
+        if keyed is not None:  # sized by its family's constraints, per key value
+            sized = (
+                self.handlers[c.type].keyed_capacity(c, pool, capacity)
+                for c, capacity in self._index.capacities(keyed.family)
+                if not c.is_expired(now)
+            )
+            found = min((capacity for capacity in sized if capacity is not None), default=None)
+            if found is not None or keyed.family not in self._defaults:
+                return found
+            # declared in code with a key function: gives way to a runtime limit or rate
+            # on exactly its scope, as a plain one does
+            scope = scope_of_pool(pool) or keyed.base.removeprefix(_CONCURRENCY_POOL)
+            if self._constrained_at_runtime(keyed.base, scope, now):
+                return None
+            return self._defaults[keyed.family]
         capacities = [
             capacity
             for constraint, capacity in self._index.capacities(pool)
@@ -224,6 +248,15 @@ class ConstraintManager:
     def _rated_at_runtime(self, scope: str | None, now: float) -> bool:
         return scope is not None and any(
             c.type == RATE_LIMIT and str(c.scope) == scope and not c.is_expired(now)
+            for c in self._active.values()
+        )
+
+    def _constrained_at_runtime(self, pool: str, scope: str, now: float) -> bool:
+        """Whether a runtime constraint of the kind of ``pool`` (a rate window's or a
+        concurrency pool) is in force on exactly ``scope``."""
+        type_ = RATE_LIMIT if scope_of_pool(pool) is not None else CONCURRENCY
+        return any(
+            c.type == type_ and str(c.scope) == scope and not c.is_expired(now)
             for c in self._active.values()
         )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,12 +37,17 @@ def _is_finite_number(value: object) -> bool:
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """What handlers may know about a task: its name, queue and static requirements."""
+    """What handlers may know about a task: its name, queue, static requirements and
+    call (what keys read: constraints/keyed.py)."""
 
     name: str
     queue: str | None = None
     #: Pools the task requires in code, e.g. ``{"resource:gpu": 1}``.
     resources: Mapping[str, int] = field(default_factory=dict)
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    #: The message's headers (custom ones included).
+    headers: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -109,15 +109,17 @@ def rate_pool(scope: str, window: Window) -> str:
 
 
 def window_of_pool(name: str) -> int | None:
-    """The window length (ms) of a rate pool; None for any other pool."""
-    match = _RATE_POOL.fullmatch(name)
+    """The window length (ms) of a rate pool (keyed or not); None for any other pool."""
+    match = _RATE_POOL.fullmatch(name.partition(" ")[0])
     if match is None:
         return None
     return int(match.group(1)) * UNIT_MS[match.group(2)]
 
 
 def scope_of_pool(name: str) -> str | None:
-    """The scope a rate pool counts (``task:x`` of ``…:task:x@10s``); None for others."""
-    if _RATE_POOL.fullmatch(name) is None:
+    """The scope a rate pool counts (``task:x`` of ``…:task:x@10s``, keyed or not); None
+    for others."""
+    base = name.partition(" ")[0]
+    if _RATE_POOL.fullmatch(base) is None:
         return None
-    return name[len(_POOL_PREFIX) : name.rindex("@")]
+    return base[len(_POOL_PREFIX) : base.rindex("@")]

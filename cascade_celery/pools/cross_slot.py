@@ -47,6 +47,7 @@ from typing import Any
 
 import redis
 
+from cascade_celery.constraints.flow import Line
 from cascade_celery.constraints.rate import window_of_pool
 from cascade_celery.pools.keys import PoolKeys, contended_pool
 from cascade_celery.pools.scripts import AcquireStatus, Handoff, Outcome, Scripts
@@ -77,12 +78,14 @@ class _Merged:
 
     parts: list[_Part] = field(default_factory=list)
     dues: list[tuple[int, int]] = field(default_factory=list)
+    dropped: list[tuple[str, bytes]] = field(default_factory=list)
 
     def add(self, outcome: Outcome, index: Sequence[int], keys: Sequence[PoolKeys]) -> Outcome:
         """Take ``outcome`` of a call on ``keys`` (the caller's pools ``index``)."""
         handoffs = [replace(h, pool_index=index[h.pool_index]) for h in outcome.handoffs]
         self.parts.append(_Part(keys[0], handoffs))
         self.dues += [(index[i], due) for i, due in outcome.dues]
+        self.dropped += outcome.dropped
         return outcome
 
 
@@ -146,6 +149,7 @@ class SlotScripts(Scripts):
         park_with: bytes | None = None,
         release_leases: Sequence[tuple[str, Sequence[PoolKeys]]] = (),
         arrival_ms: float | None = None,
+        lines: Sequence[Line | None] = (),
     ) -> Outcome:
         """As :meth:`Scripts.acquire`, all-or-none across slots (the module docstring).
 
@@ -161,7 +165,7 @@ class SlotScripts(Scripts):
             return super().acquire(pools, requests, **common,
                                    release_reservations_in=release_reservations_in,
                                    park_with=park_with, release_leases=release_leases,
-                                   arrival_ms=arrival_ms)  # fmt: skip
+                                   arrival_ms=arrival_ms, lines=lines)  # fmt: skip
         groups = self._groups(pools)
         merged = _Merged()
         for slot in extras.slots():
@@ -173,7 +177,8 @@ class SlotScripts(Scripts):
             for position, group in enumerate(groups):
                 slot = self._slot(pools[group[0]])
                 outcome = self._call(merged, pools, requests, group, extras, slot, common,
-                                     park_with=park_with, arrival_ms=arrival_ms)  # fmt: skip
+                                     park_with=park_with, arrival_ms=arrival_ms,
+                                     lines=[lines[i] for i in group] if lines else ())  # fmt: skip
                 if outcome.status == AcquireStatus.ACQUIRED:
                     acquired.append(group)
                     contended |= outcome.detail
@@ -208,6 +213,7 @@ class SlotScripts(Scripts):
         giving_back: Sequence[int] = (),
         park_with: bytes | None = None,
         arrival_ms: float | None = None,
+        lines: Sequence[Line | None] = (),
     ) -> Outcome:
         """One acquire script on ``slot``: the required pools ``group``, reservations given
         back in ``giving_back`` (required pools, after a block) and the slot's extras."""
@@ -217,7 +223,7 @@ class SlotScripts(Scripts):
             self, [pools[i] for i in group], [requests[i] for i in group], **common,
             release_reservations_in=[k for _, k in stale],
             release_leases=[(m, [k for _, k in keys]) for m, keys in released],
-            park_with=park_with, arrival_ms=arrival_ms,
+            park_with=park_with, arrival_ms=arrival_ms, lines=lines,
         )  # fmt: skip
         index = [*group, *(i for i, _ in stale), *(i for _, keys in released for i, _ in keys)]
         keys = [*(pools[i] for i in group), *(k for _, k in stale),
@@ -331,7 +337,7 @@ class SlotScripts(Scripts):
                                "go back in line when their reservations expire",
                                len(part.handoffs))  # fmt: skip
                 kept += [h for h in part.handoffs if not h.payload]
-        return Outcome(status, detail, tuple(kept), tuple(merged.dues))
+        return Outcome(status, detail, tuple(kept), tuple(merged.dues), tuple(merged.dropped))
 
     def _replicated(self, keys: PoolKeys) -> bool:
         """WAIT on the master of ``keys``' slot (a marker in that slot); False on failure."""

@@ -9,6 +9,17 @@ Per pool ``<name>`` (``<p>`` is the ``cascade_redis_prefix`` setting)::
     <p>:{pool:<name>}:waiters    ZSET    parked task id -> arrival (ms; when its worker got it)
     <p>:{pool:<name>}:parked     HASH    parked task id -> message payload
     <p>:{pool:<name>}:stats      HASH    counters and histograms the scripts keep (below)
+    <p>:{pool:<name>}:ring       LIST    fair values with waiters, in turn (fair lines)
+    <p>:{pool:<name>}:q:<value>  ZSET    task id -> arrival, of one fair value's waiters
+    <p>:{pool:<name>}:dropped    HASH    task id -> payload of a waiter dropped from a full
+                                         line, until its dropper ended it (SUPERSEDED)
+
+A keyed pool ``"<base> <key>=<value>"`` (constraints/keyed.py) has the same keys under
+``<p>:{pool:<base>} <key>=<value>:`` (the base's hash tag: one slot per base), but its
+stats are its family's, ``<p>:{pool:<base>} <key>:stats``; and the family's
+``<p>:{pool:<base>} <key>:live`` SET lists the ``<key>=<value>`` of its pools that
+hold or wait (the scripts keep it: a pool holding nothing with nobody waiting leaves it
+and every key it had). The registry below lists the family, not its pools.
 
 Per app::
 
@@ -48,9 +59,10 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+from cascade_celery.constraints.keyed import split_keyed
 from cascade_celery.text import text
 
 POOL_KEY_COUNT = 7
@@ -81,16 +93,56 @@ def _unescape(escaped: str) -> str:
     return re.sub("%25|%7B|%7D", lambda match: _UNESCAPES[match.group()], escaped)
 
 
+def _stem(prefix: str, pool: str) -> str:
+    base, sep, rest = pool.partition(" ")
+    tag = f"{prefix}:{{pool:{_escape(base)}}}"
+    return f"{tag} {_escape(rest)}" if sep else tag
+
+
 @functools.lru_cache(maxsize=4096)
 def pool_keys(prefix: str, pool: str) -> PoolKeys:
-    """The keys of ``pool``."""
-    base = f"{prefix}:{{pool:{_escape(pool)}}}"
-    return PoolKeys(*(f"{base}:{part}" for part in PoolKeys._fields))
+    """The keys of ``pool``; a keyed pool's stats are its family's."""
+    stem = _stem(prefix, pool)
+    keys = [f"{stem}:{part}" for part in PoolKeys._fields]
+    keyed = split_keyed(pool)
+    if keyed is not None:
+        keys[-1] = f"{_stem(prefix, keyed.family)}:stats"
+    return PoolKeys(*keys)
 
 
 def stats_of(key: str) -> str:
     """The stats HASH of the pool ``key`` (any one of its keys) belongs to."""
-    return f"{key.rsplit(':', 1)[0]}:stats"
+    stem = key.rsplit(":", 1)[0]
+    tag, sep, rest = stem.rpartition("} ")
+    if sep and "=" in rest:  # a keyed pool: its family's
+        stem = f"{tag}}} {rest.partition('=')[0]}"
+    return f"{stem}:stats"
+
+
+def ring_key(prefix: str, pool: str) -> str:
+    """The LIST of fair values in turn in ``pool``'s line (pools/lua/includes/pool.lua)."""
+    return f"{_stem(prefix, pool)}:ring"
+
+
+def queue_key(prefix: str, pool: str, value: str) -> str:
+    """The ZSET of fair value ``value``'s waiters in ``pool``'s line."""
+    return f"{_stem(prefix, pool)}:q:{value}"
+
+
+def dropped_of(prefix: str, pool: str) -> str:
+    """The HASH of ``pool``'s waiters dropped from a full line and not ended yet."""
+    return f"{_stem(prefix, pool)}:dropped"
+
+
+def family_live(prefix: str, family: str) -> str:
+    """The SET of ``"<key>=<value>"`` (escaped) of a family's pools that hold or wait."""
+    return f"{_stem(prefix, family)}:live"
+
+
+def live_pools(family: str, members: Iterable[bytes | str]) -> list[str]:
+    """The pools named by members of :func:`family_live`."""
+    base = family.partition(" ")[0]
+    return [f"{base} {_unescape(text(member))}" for member in members]
 
 
 def contended_pool(message: bytes | str) -> str:

@@ -51,13 +51,28 @@ class PoolHandoff:
 @dataclass(frozen=True)
 class AcquireResult:
     """``lease`` when every pool was acquired, else the pool that blocked the task
-    (``parked``: and the task was parked there); ``dues``: see the module docstring."""
+    (``parked``: and the task was parked there; ``rejected``: its line there was full);
+    ``dues``: see the module docstring; ``dropped``: waiters dropped from a full line to
+    make room for it (they end SUPERSEDED)."""
 
     lease: Lease | None
     blocked_pool: str | None
     handoffs: tuple[PoolHandoff, ...]
     parked: bool = False
     dues: tuple[Due, ...] = ()
+    rejected: bool = False
+    dropped: tuple[PoolHandoff, ...] = ()
+
+
+@dataclass(frozen=True)
+class Parking:
+    """A park call's result: ``parked``, else ``rejected`` (its line was full) or the
+    pool had room (acquire again); the hand-offs it made, and the waiters it dropped."""
+
+    parked: bool
+    handoffs: tuple[PoolHandoff, ...]
+    rejected: bool = False
+    dropped: tuple[PoolHandoff, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,3 +83,5 @@ class Sweep:
     used: int
     handoffs: tuple[PoolHandoff, ...]
     dues: tuple[Due, ...] = ()
+    #: Waiters dropped from a full line whose dropper died before ending them.
+    dropped: tuple[PoolHandoff, ...] = ()

@@ -22,6 +22,7 @@ from typing import Any
 from celery import Celery, Task
 from kombu.entity import Queue
 from kombu.serialization import dumps as serialize
+from kombu.serialization import loads as deserialize
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.json import loads as json_loads
 
@@ -157,3 +158,22 @@ def publish(
             **properties,
         )
     return str(headers["id"])
+
+
+def request_of(payload: bytes) -> dict[str, Any]:
+    """The request (as a worker builds it: headers, args, kwargs, callbacks, errbacks,
+    chain, chord, reply_to) of a captured message, to end its task without running it."""
+    message = message_of(payload) if payload.startswith(DIRECT_MAGIC) else json_loads(payload)
+    args, kwargs, embed = deserialize(
+        base64.b64decode(message["body"]), message["content_type"], message["content_encoding"]
+    )
+    properties = message["properties"]
+    return {
+        **message["headers"],
+        "args": args,
+        "kwargs": kwargs,
+        **(embed or {}),
+        "reply_to": properties.get("reply_to"),
+        "correlation_id": properties.get("correlation_id"),
+        "delivery_info": {"exchange": message["exchange"], "routing_key": message["routing_key"]},
+    }

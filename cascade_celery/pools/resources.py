@@ -23,12 +23,21 @@ from collections.abc import Callable, Mapping, Sequence
 
 import redis
 
+from cascade_celery.constraints.flow import Line
+from cascade_celery.constraints.keyed import split_keyed
 from cascade_celery.pools.cross_slot import scripts_for
-from cascade_celery.pools.keys import pool_keys, pool_registry
+from cascade_celery.pools.keys import (
+    dropped_of,
+    family_live,
+    live_pools,
+    pool_keys,
+    pool_registry,
+)
 from cascade_celery.pools.outcomes import (
     AcquireResult,
     Due,
     Lease,
+    Parking,
     PoolHandoff,
     Sweep,
     is_rate_pool,
@@ -54,12 +63,16 @@ class ResourceManager:
         on_due: Callable[[str, int, bool], None] | None = None,
         wait_replicas: int | None = None,
         wait_timeout: float = 0.5,
+        unended_drop_seconds: float = 10.0,
     ) -> None:
         self.client, self.prefix = client, prefix
         self.lease_seconds, self.max_handoffs = lease_seconds, max_handoffs
         #: Called with (pool, due ms) for every due any call returns.
         self.on_due = on_due
         self._registered: set[str] = set()
+        #: A waiter dropped from a full line and not ended this long after (its dropper
+        #: died) is returned by a sweep, to be ended there.
+        self.unended_drop_seconds = unended_drop_seconds
         #: Parkings wait for a replica (pools/replication.py).
         self.guard = ParkingGuard(client, prefix, wait_replicas, wait_timeout)
         #: On a Redis Cluster, calls spanning slots are made slot by slot (cross_slot.py).
@@ -75,13 +88,15 @@ class ResourceManager:
         park_with: bytes | None = None,
         releasing: Sequence[Lease] = (),
         arrived: float | None = None,
+        lines: Mapping[str, Line] | None = None,
     ) -> AcquireResult:
         """Acquire ``units`` of every pool, or nothing; never waits.
 
         ``handed_off_from``: the pool whose reservation the task carries; given back if
         the task no longer needs that pool. ``park_with``: the task's payload, to park
         it where it is blocked in the same round trip, placed by ``arrived`` as in
-        :meth:`park`. ``releasing``: leases of tasks that ended, released first in the
+        :meth:`park`, joining the lines ``lines`` gives (by pool; none: plainly).
+        ``releasing``: leases of tasks that ended, released first in the
         same round trip (as :meth:`release` would).
         """
         names = [name for name, _ in pools]
@@ -103,6 +118,7 @@ class ResourceManager:
                 for lease in releasing
             ],
             arrival_ms=None if arrived is None else arrived * 1000,
+            lines=[(lines or {}).get(name) for name in names],
         )
         touched = [*names, *stale, *released]
         status = AcquireStatus(outcome.status)
@@ -115,7 +131,9 @@ class ResourceManager:
         if status is AcquireStatus.ACQUIRED:
             lease = Lease(task_id, member, tuple(pools), contended=outcome.detail == 1)
             return AcquireResult(lease, None, handoffs, dues=dues)
-        return AcquireResult(None, blocked, handoffs, parked, dues)
+        rejected = status is AcquireStatus.REJECTED
+        dropped = tuple(PoolHandoff(str(blocked), t, p) for t, p in outcome.dropped)
+        return AcquireResult(None, blocked, handoffs, parked, dues, rejected, dropped)
 
     def park(
         self, task_id: str, pool: str, units: int, capacity: int | None, payload: bytes,
@@ -123,6 +141,15 @@ class ResourceManager:
     ) -> tuple[bool, tuple[PoolHandoff, ...]]:  # fmt: skip
         """Park in ``pool``'s line, placed by ``arrived`` (Unix time its worker received it;
         else now, on Redis's clock); False means it has room now (acquire again)."""
+        parking = self.park_in_line(task_id, pool, units, capacity, payload, arrived)
+        return parking.parked, parking.handoffs
+
+    def park_in_line(
+        self, task_id: str, pool: str, units: int, capacity: int | None, payload: bytes,
+        arrived: float | None = None, line: Line | None = None,
+    ) -> Parking:  # fmt: skip
+        """:meth:`park`, joining the line as ``line`` says (None: plainly): a full line
+        rejects the task or drops its oldest waiters."""
         self._register([pool])
         outcome = self._scripts.park(
             pool_keys(self.prefix, pool),
@@ -133,12 +160,16 @@ class ResourceManager:
             lease_seconds=self.lease_seconds,
             max_handoffs=self.max_handoffs,
             arrival_ms=None if arrived is None else arrived * 1000,
+            line=line,
         )
-        parked = ParkStatus(outcome.status) is ParkStatus.PARKED
+        status = ParkStatus(outcome.status)
+        parked = status is ParkStatus.PARKED
         self._dues([pool], outcome, changed=parked)
         if parked:
             self.guard.check(task_id, pool)
-        return parked, self._resolve([pool], outcome, replicated=parked)
+        handoffs = self._resolve([pool], outcome, replicated=parked)
+        dropped = tuple(PoolHandoff(pool, t, p) for t, p in outcome.dropped)
+        return Parking(parked, handoffs, status is ParkStatus.REJECTED, dropped)
 
     def release(self, lease: Lease) -> tuple[PoolHandoff, ...]:
         """Give the lease's units back; waiters that now fit are handed off.
@@ -201,10 +232,22 @@ class ResourceManager:
             capacity,
             lease_seconds=self.lease_seconds,
             max_handoffs=self.max_handoffs,
+            unended_drop_seconds=self.unended_drop_seconds,
         )
         handoffs = self._resolve([pool], outcome)
         dues = self._dues([pool], outcome, changed=False)
-        return Sweep(outcome.status, outcome.detail, handoffs, dues)
+        dropped = tuple(PoolHandoff(pool, t, p) for t, p in outcome.dropped)
+        return Sweep(outcome.status, outcome.detail, handoffs, dues, dropped)
+
+    def forget_dropped(self, dropped: Sequence[PoolHandoff]) -> None:
+        """Forget waiters dropped from a full line once they were ended (SUPERSEDED)."""
+        if not dropped:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            for waiter in dropped:
+                pipe.hdel(dropped_of(self.prefix, waiter.pool), waiter.task_id)
+                pipe.hdel(pool_keys(self.prefix, waiter.pool).units, f"d:{waiter.task_id}")
+            pipe.execute()
 
     def confirm(self, handoffs: Sequence[PoolHandoff]) -> None:
         """Forget the payloads of hand-offs that were published (unless parked again since)."""
@@ -214,10 +257,22 @@ class ResourceManager:
             )
 
     def known_pools(self) -> set[str]:
-        """Every pool name registered under this prefix."""
-        return {text(name) for name in self.client.smembers(pool_registry(self.prefix))}
+        """Every pool name registered under this prefix: plain pools, and the keyed pools
+        of registered families that hold or wait now (constraints/keyed.py)."""
+        names = {text(name) for name in self.client.smembers(pool_registry(self.prefix))}
+        pools = {name for name in names if " " not in name}
+        for family in names - pools:
+            pools.update(self.family_pools(family))
+        return pools
+
+    def family_pools(self, family: str) -> list[str]:
+        """The pools of ``family`` (``"<base> <key>"``) that hold or wait now."""
+        members = self.client.sscan_iter(family_live(self.prefix, family), count=1000)
+        return live_pools(family, members)
 
     def _register(self, names: Sequence[str]) -> None:
+        """Note pools in the registry; a keyed pool is noted by its family."""
+        names = [_family_or_self(name) for name in names]
         new = [name for name in names if name not in self._registered]
         if new:
             self.client.sadd(pool_registry(self.prefix), *new)
@@ -249,6 +304,11 @@ class ResourceManager:
             for pool, due in dues:
                 self.on_due(pool, due, owner)
         return dues
+
+
+def _family_or_self(pool: str) -> str:
+    keyed = split_keyed(pool)
+    return pool if keyed is None else keyed.family
 
 
 def _named(names: Sequence[str], handoff: Handoff) -> PoolHandoff:

@@ -6,6 +6,7 @@ redis-py's ``Script`` re-sends the source after a ``NOSCRIPT`` (Redis restart, S
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import redis
 
+from cascade_celery.constraints.flow import Line
 from cascade_celery.pools.keys import POOL_KEY_COUNT, PoolKeys, stats_of
 from cascade_celery.text import text
 
@@ -49,6 +51,7 @@ class AcquireStatus(IntEnum):
     BLOCKED = 0
     ACQUIRED = 1
     PARKED = 2
+    REJECTED = 3
 
 
 class ParkStatus(IntEnum):
@@ -56,17 +59,20 @@ class ParkStatus(IntEnum):
 
     HAS_ROOM = 0
     PARKED = 1
+    REJECTED = 2
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """A script's status pair plus the hand-offs it made, and the next due time (ms,
-    Redis clock) of each rate pool with waiters it touched, as (pool index, due)."""
+    """A script's status pair plus the hand-offs it made, the next due time (ms, Redis
+    clock) of each rate pool with waiters it touched, as (pool index, due), and the
+    waiters it dropped from a full line, as (task id, payload)."""
 
     status: int
     detail: int
     handoffs: tuple[Handoff, ...]
     dues: tuple[tuple[int, int], ...] = ()
+    dropped: tuple[tuple[str, bytes], ...] = ()
 
 
 def _ms(seconds: float) -> int:
@@ -83,17 +89,33 @@ def _capacity_arg(capacity: int | None) -> int:
 
 
 def _outcome(reply: Any) -> Outcome:
-    """``{status, detail, dues, handoffs...}``: dues as flat (index, due) pairs."""
+    """``{status, detail, dues, dropped, handoffs...}``: dues as flat (index, due) pairs,
+    dropped as flat (task id, payload) pairs."""
     items = list(reply)
     due_items = list(items[2]) if len(items) > 2 else []
+    dropped_items = list(items[3]) if len(items) > 3 else []
     handoffs = tuple(
         Handoff(int(items[i]) - 1, text(items[i + 1]), _bytes(items[i + 2]))
-        for i in range(3, len(items), 3)
+        for i in range(4, len(items), 3)
     )
     dues = tuple(
         (int(due_items[i]) - 1, int(due_items[i + 1])) for i in range(0, len(due_items), 2)
     )
-    return Outcome(int(items[0]), int(items[1]), handoffs, dues)
+    dropped = tuple(
+        (text(dropped_items[i]), _bytes(dropped_items[i + 1]))
+        for i in range(0, len(dropped_items), 2)
+    )
+    return Outcome(int(items[0]), int(items[1]), handoffs, dues, dropped)
+
+
+def _line(line: Line) -> dict[str, Any]:
+    """A line as park_in (includes/pool.lua) reads it: absent fields, never nulls."""
+    encoded: dict[str, Any] = {}
+    if line.fair is not None:
+        encoded.update(v=line.fair, w=line.weight)
+    if line.max_parked is not None:
+        encoded.update(m=line.max_parked, d=line.drop_oldest)
+    return encoded
 
 
 def _bytes(value: Any) -> bytes:
@@ -125,6 +147,7 @@ class Scripts:
         park_with: bytes | None = None,
         release_leases: Sequence[tuple[str, Sequence[PoolKeys]]] = (),
         arrival_ms: float | None = None,
+        lines: Sequence[Line | None] = (),
     ) -> Outcome:
         """All-or-none acquire; status ACQUIRED (detail 1: a pool is contended), else
         detail is the blocking pool (1-based), where status PARKED says it was parked.
@@ -132,7 +155,9 @@ class Scripts:
         ``release_reservations_in``: pools the task was handed off from but no longer
         needs; its reservations there go to the next waiter. ``park_with``: the task's
         payload, to park it where it is blocked in the same step (status 2), at its
-        place by ``arrival_ms`` (else now). ``release_leases``: (member, pools) of ended
+        place by ``arrival_ms`` (else now), joining its line as ``lines`` (one per pool
+        in ``pools``, None: plainly) says (status REJECTED when that line is full).
+        ``release_leases``: (member, pools) of ended
         leases to release first. Hand-off indices count the pools in that order:
         required, reservations, released.
         """
@@ -143,9 +168,10 @@ class Scripts:
         for lease_member, lease_pools in release_leases:
             args += [lease_member, len(lease_pools)]
         if park_with is not None:
-            args.append(park_with)
-            if arrival_ms is not None:
-                args.append(_arrival(arrival_ms))
+            args += [park_with, "" if arrival_ms is None else _arrival(arrival_ms)]
+            keyed = {str(i): _line(line) for i, line in enumerate(lines, 1) if line is not None}
+            if keyed:
+                args.append(json.dumps(keyed))
         released = [keys for _, lease_pools in release_leases for keys in lease_pools]
         keys = _flatten([*pools, *release_reservations_in, *released])
         return _outcome(self._scripts["acquire"](keys=keys, args=args))
@@ -174,8 +200,10 @@ class Scripts:
         lease_seconds: float,
         max_handoffs: int,
         arrival_ms: float | None = None,
+        line: Line | None = None,
     ) -> Outcome:
-        """Park in line by ``arrival_ms`` (else now); status HAS_ROOM: acquire again."""
+        """Park in line by ``arrival_ms`` (else now), joining it as ``line`` says (None:
+        plainly); status HAS_ROOM: acquire again; REJECTED: the line is full."""
         args: list[Any] = [
             task_id,
             units,
@@ -184,8 +212,9 @@ class Scripts:
             _ms(lease_seconds),
             max_handoffs,
         ]
-        if arrival_ms is not None:
-            args.append(_arrival(arrival_ms))
+        args.append("" if arrival_ms is None else _arrival(arrival_ms))
+        if line is not None:
+            args.append(json.dumps(_line(line)))
         return _outcome(self._scripts["park"](keys=list(pool), args=args))
 
     def release(
@@ -215,8 +244,12 @@ class Scripts:
         return int(self._scripts["restamp"](keys=list(holders), args=[member]))
 
     def set_capacity(
-        self, pool: PoolKeys, capacity: int | None, *, lease_seconds: float, max_handoffs: int
-    ) -> Outcome:
-        """Set or lift the capacity and sweep; status is waiting count, detail used units."""
-        args: list[Any] = [_capacity_arg(capacity), _ms(lease_seconds), max_handoffs]
+        self, pool: PoolKeys, capacity: int | None, *, lease_seconds: float, max_handoffs: int,
+        unended_drop_seconds: float = 10.0,
+    ) -> Outcome:  # fmt: skip
+        """Set or lift the capacity and sweep; status is waiting count, detail used units;
+        dropped: waiters dropped from a full line ``unended_drop_seconds`` ago or more and
+        not ended yet."""
+        args: list[Any] = [_capacity_arg(capacity), _ms(lease_seconds), max_handoffs,
+                           _ms(unended_drop_seconds)]  # fmt: skip
         return _outcome(self._scripts["set_capacity"](keys=list(pool), args=args))

@@ -24,12 +24,13 @@ from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.errors import REDIS_DOWN
 from cascade_celery.pools import parking
 from cascade_celery.pools.headers import grant_of, handed_off_from
-from cascade_celery.pools.outcomes import Lease, is_rate_pool, lease_member
+from cascade_celery.pools.outcomes import Lease, PoolHandoff, is_rate_pool, lease_member
 from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime import probe
 from cascade_celery.runtime.clock import RedisClock
 from cascade_celery.runtime.contention import ContentionMemory
 from cascade_celery.runtime.deferral import back_off, mark_deferred
+from cascade_celery.runtime.endings import end_rejected
 from cascade_celery.runtime.free import FreeTasks
 from cascade_celery.runtime.handoffs import Handoffs
 from cascade_celery.runtime.leases import Held, LeaseBook
@@ -120,6 +121,9 @@ class Admission:
                 if parked is True:
                     probe.at("after_acquire")
                     return version
+                if parked and parked.rejected:
+                    end_rejected(self.app, request, parked.pool)
+                    return None
                 if parked:
                     pool, paused = parked.pool, parked.paused
                     if self.manager.version != version:
@@ -172,13 +176,14 @@ class Admission:
             result = self.resources.try_acquire(
                 task_id, decision.pools, decision.capacities, handed_off_from=reserved_in,
                 park_with=payload, releasing=[held.lease for held, _ in ended],
-                arrived=arrived,
+                arrived=arrived, lines=decision.lines,
             )  # fmt: skip
         except BaseException:
             # The keeper retries them (a no-op where done).
             self.leases.unreleased((held.lease, ended_at) for held, ended_at in ended)
             raise
         self.handoffs.publish(result.handoffs)
+        self._supersede(result.dropped)
         if result.lease is not None:
             self.contention.note(pools, result.lease.contended, asked, time.monotonic())
             if any(is_rate_pool(name) for name, _ in result.lease.pools):
@@ -190,14 +195,23 @@ class Admission:
             return True
         pool = str(result.blocked_pool)
         self.contention.note([pool], True, asked, time.monotonic())
-        parked = result.parked
+        parked, rejected = result.parked, result.rejected
         if payload is None:
             payload = parking.capture(task, request, args, kwargs, info.queue, self.handoffs.direct)
-            parked, handoffs = self.resources.park(
-                task_id, pool, pools[pool], decision.capacities[pool], payload, arrived
-            )
-            self.handoffs.publish(handoffs)
-        return Parked(pool, decision.denied_by is not None) if parked else False
+            parking_ = self.resources.park_in_line(
+                task_id, pool, pools[pool], decision.capacities[pool], payload, arrived,
+                decision.lines.get(pool),
+            )  # fmt: skip
+            self.handoffs.publish(parking_.handoffs)
+            self._supersede(parking_.dropped)
+            parked, rejected = parking_.parked, parking_.rejected
+        if not (parked or rejected):
+            return False
+        return Parked(pool, decision.denied_by is not None, rejected)
+
+    def _supersede(self, dropped: tuple[PoolHandoff, ...]) -> None:
+        """End the waiters a full line dropped for this task (``drop_oldest``)."""
+        self.handoffs.supersede(dropped)
 
     def _take_over(self, key: tuple[str, int], decision: Decision) -> bool:
         """Give the task the lease of a task that ended here moments ago, if one needs the

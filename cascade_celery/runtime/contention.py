@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 #: Seconds a pool seen contended is treated as likely to block the next task.
 CONTENTION_MEMORY = 1.0
+#: Pools remembered before the expired ones are dropped (one per key value: unbounded).
+_PRUNE_ABOVE = 1024
 
 
 class ContentionMemory:
@@ -30,6 +32,8 @@ class ContentionMemory:
         answer is older than the announcement).
         """
         until = now + self.memory
+        if len(self._until) > _PRUNE_ABOVE:  # keyed pools come and go: forget stale ones
+            self._until = {pool: at for pool, at in self._until.items() if at > now}
         for pool in pools:
             if contended:
                 self._until[pool] = until

@@ -21,6 +21,7 @@ from cascade_celery.pools.headers import HANDOFF_POOL_HEADER
 from cascade_celery.pools.outcomes import PoolHandoff
 from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime import probe
+from cascade_celery.runtime.endings import end_superseded
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,20 @@ class Handoffs:
         self.direct: DirectRoute | None = None
         self._unconfirmed: list[PoolHandoff] = []
         self._lock = threading.Lock()
+
+    def supersede(self, dropped: Iterable[PoolHandoff]) -> None:
+        """End waiters dropped from a full line (SUPERSEDED), then forget them. Until
+        forgotten, a periodic sweep hands them to another process to end (if this one
+        dies first), so none is dropped silently."""
+        ended = []
+        for waiter in dropped:
+            end_superseded(self.app, waiter)
+            ended.append(waiter)
+        try:
+            self.resources.forget_dropped(ended)
+        except redis.exceptions.RedisError as exc:
+            logger.warning("cascade: could not forget %d ended waiter(s) (%s); a sweep may "
+                           "end them again", len(ended), exc)  # fmt: skip
 
     def connect(self) -> None:
         """Open this process's broker connection now, so the first hand-off doesn't wait

@@ -30,10 +30,12 @@ def grant_is_good(
 
 @dataclass(frozen=True)
 class Parked:
-    """Where an execution was parked, and whether a pause (not a limit) holds it."""
+    """Where an execution was parked, and whether a pause (not a limit) holds it; or,
+    ``rejected``, where its line was full (it ends REJECTED, runtime/endings.py)."""
 
     pool: str
     paused: bool
+    rejected: bool = False
 
 
 def releasable(lease: Lease) -> Lease | None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import redis
 
+from cascade_celery.constraints.keyed import split_family, split_keyed
 from cascade_celery.constraints.manager import ConstraintManager
 from cascade_celery.pools.keys import (
     contended_channel,
@@ -132,6 +133,10 @@ class ConstraintSync:
             pools, self._changed_pools = self._changed_pools, set()
         for pool in sorted(pools):
             try:
+                if split_family(pool) is not None:  # a family: sweep its live pools
+                    for member in self.resources.family_pools(pool):
+                        self.sweep(member, self.capacity_of(member))
+                    continue
                 self.sweep(pool, self.capacity_of(pool))
             except redis.exceptions.RedisError as exc:
                 logger.warning("cascade: could not update pool %s (%s); retried by the sweep",
@@ -141,17 +146,20 @@ class ConstraintSync:
         """``pool``'s capacity in this process's view; else as declared in code anywhere."""
         if self.manager.knows(pool):
             return self.manager.capacity_of(pool)
+        keyed = split_keyed(pool)
+        declared = pool if keyed is None else keyed.family  # a key's: for every value
         if shared is None:
-            value = self.client.hget(self._defaults_key, pool)
+            value = self.client.hget(self._defaults_key, declared)
             return None if value is None else int(value)
-        return shared.get(pool)
+        return shared.get(declared)
 
     def sweep(self, pool: str, capacity: int | None) -> None:
         """Apply ``capacity`` to ``pool``, reap dead holders and hand room to waiters."""
         while True:
-            _, handoffs = self.resources.update_resource(pool, capacity)
-            self.handoffs.publish(handoffs)
-            if len(handoffs) < self.max_handoffs:
+            swept = self.resources.sweep(pool, capacity)
+            self.handoffs.publish(swept.handoffs)
+            self.handoffs.supersede(swept.dropped)  # waiters whose dropper died
+            if len(swept.handoffs) < self.max_handoffs:
                 return
 
     def sweep_all(self) -> None:

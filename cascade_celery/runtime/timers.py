@@ -28,6 +28,8 @@ _EARLY_RETRY = 0.001
 #: Seconds after a due a process that only heard it announced sweeps, unless a newer
 #: announcement (the sweep of the process that owns the due) came first.
 BACKUP_DELAY = 0.025
+#: Pools whose last fired due is remembered (only a re-arm moments later needs it).
+_FIRED_KEPT = 1024
 
 
 class RateTimers:
@@ -83,6 +85,8 @@ class RateTimers:
                 if self._armed.get(pool) != (due_ms, at):
                     continue  # superseded
                 del self._armed[pool]
+                if len(self._fired) > _FIRED_KEPT:  # keyed rate pools come and go
+                    self._fired.clear()
                 self._fired[pool] = due_ms
             try:
                 self.fire(pool)

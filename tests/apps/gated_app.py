@@ -137,6 +137,29 @@ def make_app(
         note("end", self.request.id, label)
         return label
 
+    @app.task(shared=False, base=GatedTask, bind=True, name="gated.tenant")
+    def tenant(self, label: object, seconds: float = 0.05, tenant: str = "") -> object:
+        """A task of a tenant (its ``tenant`` kwarg: what keyed constraints read)."""
+        note("start", self.request.id, label, tenant=tenant)
+        time.sleep(seconds)
+        note("end", self.request.id, label)
+        return label
+
+    @app.task(shared=False, base=GatedTask, bind=True, name="gated.code_keyed", concurrency=1,
+              key=lambda args, kwargs: kwargs.get("tenant"))  # fmt: skip
+    def code_keyed(self, label: object, seconds: float = 0.05, tenant: str = "") -> object:
+        """One at a time per tenant, declared in code with a key function."""
+        note("start", self.request.id, label, tenant=tenant)
+        time.sleep(seconds)
+        note("end", self.request.id, label)
+        return label
+
+    @app.task(shared=False, base=GatedTask, bind=True, name="gated.errback")
+    def errback(self, task_id: str) -> str:
+        """An errback: notes the task it was called for."""
+        note("errback", self.request.id, task_id)
+        return task_id
+
     @app.task(shared=False, base=GatedTask, name="gated.add")
     def add(x: int, y: int) -> int:
         return x + y

@@ -1,7 +1,8 @@
 """Chaos soak: limits and pauses change every ~200 ms while a worker, Mosquitto and Redis fail.
 
 Two prefork workers run ``gated.soak`` tasks, taking their constraints from MQTT, while a
-chaos thread publishes a new limit (1-6) and toggles a pause every ~200 ms. Meanwhile one
+chaos thread publishes a new limit (1-6; its line served fairly across 3 tenants, a
+message header) and toggles a pause every ~200 ms. Meanwhile one
 worker is SIGKILLed (and a new one started), Mosquitto restarts, and cascade's Redis
 (AOF on; the Celery broker is another Redis) crashes and restarts. At the end:
 
@@ -73,6 +74,8 @@ from tests.harness.waiting import wait_for
 from tests.harness.workers import WorkerProcess
 
 SCOPE = "task:gated.soak"
+#: The limit's line is served fairly across this many tenants (a message header).
+FAIR_BY, TENANTS = "header:tenant", 3
 POOL = concurrency_pool(SCOPE)
 LIMITS = (1, 2, 3, 4, 5, 6)
 #: Short leases, so the killed worker's slots come back within the soak.
@@ -119,7 +122,7 @@ class Chaos(threading.Thread):
         limit_id = default_id("concurrency", SCOPE)
         pause_id = default_id("pause", SCOPE)
         limit_constraint = Constraint(id=limit_id, type="concurrency", scope=Scope.parse(SCOPE),
-                                      params={"limit": limit})  # fmt: skip
+                                      params={"limit": limit, "fair_by": FAIR_BY})  # fmt: skip
         pause = Constraint(id=pause_id, type="pause", scope=Scope.parse(SCOPE))
         messages = [
             (protocol.topic_for(self.prefix, limit_id), protocol.encode(limit_constraint)),
@@ -189,7 +192,8 @@ def test_chaos_soak_runs_every_task_once_within_limits_and_leaks_nothing(
     # loaded machine the workers can run a burst as fast as it is sent) ...
     chaos.start()
     results = {r.id: (label, r) for label, r in
-               ((i, soak.apply_async((i, TASK_SECONDS))) for i in range(total))}  # fmt: skip
+               ((i, soak.apply_async((i, TASK_SECONDS), headers={"tenant": f"t{i % TENANTS}"}))
+                for i in range(total))}  # fmt: skip
     done = _progress(broker_client, unique_prefix)
 
     # ... one worker is SIGKILLed and replaced ...

@@ -100,12 +100,14 @@ def test_app_wide_keys_live_under_the_prefix_and_differ() -> None:
 @given(st.text(min_size=1, max_size=40))
 def test_a_contended_announcement_names_its_pool_back(name: str) -> None:
     # The scripts take the escaped name out of the capacity key, as this pattern does
-    # (includes/pool.lua: '^(.*):{pool:([^{}]*)}:capacity$').
-    match = re.fullmatch(r"(.*):\{pool:([^{}]*)\}:capacity", pool_keys("a:{b}", name).capacity)
+    # (includes/pool.lua: '^(.*):{pool:([^{}]*)}([^{}]*):[a-z]+$', the base's name and
+    # a keyed pool's " <key>=<value>").
+    key = pool_keys("a:{b}", name).capacity
+    match = re.fullmatch(r"(.*):\{pool:([^{}]*)\}([^{}]*):capacity", key, re.DOTALL)
 
     assert match is not None
     assert match.group(1) == "a:{b}"
-    assert contended_pool(match.group(2).encode()) == name
+    assert contended_pool((match.group(2) + match.group(3)).encode()) == name
     assert contended_channel("a:{b}") == "a:{b}:pools:contended"
 
 

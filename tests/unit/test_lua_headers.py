@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from cascade_celery.constraints.flow import Line
 from cascade_celery.exporter.stats import HANDOFF_BUCKETS_MS, WAIT_BUCKETS_MS
 from cascade_celery.pools.keys import pool_keys
 from cascade_celery.pools.scripts import SCRIPT_NAMES, SOURCES, Scripts, load_lua
@@ -146,7 +147,7 @@ def test_wrappers_pass_as_many_argv_as_each_header_documents_for_one_pool() -> N
     scripts.confirm([(pool.parked, "t", b"{}")])
     scripts.park(
         pool, task_id="t", units=1, capacity=3, payload=b"{}", lease_seconds=1.0, max_handoffs=5,
-        arrival_ms=1.5,
+        arrival_ms=1.5, line=Line(fair="a", max_parked=2),
     )  # fmt: skip
     scripts.release([pool], member="t:t:1", lease_seconds=1.0, max_handoffs=5, unclaimed="t")
     scripts.renew([pool.holders], member="t:t:1", lease_seconds=1.0)
@@ -168,7 +169,7 @@ def test_wrappers_convert_seconds_to_milliseconds_and_none_to_unlimited() -> Non
     scripts.set_capacity(pool, None, lease_seconds=0.25, max_handoffs=7)
     scripts.renew([pool.holders], member="m", lease_seconds=0.0001)
 
-    assert client.calls["set_capacity"] == {"keys": list(pool), "args": [-1, 250, 7]}
+    assert client.calls["set_capacity"] == {"keys": list(pool), "args": [-1, 250, 7, 10000]}
     assert client.calls["renew"] == {"keys": [pool.holders, pool.stats], "args": ["m", 1]}
 
 

@@ -18,10 +18,11 @@ def test_the_due_channel_is_the_pools_channel_of_the_prefix() -> None:
 @given(st.text(min_size=1), st.integers(min_value=0, max_value=2**53))
 def test_a_due_message_as_lua_writes_it_gives_the_pool_and_time_back(pool: str, due: int) -> None:
     # Lua writes "<due> <name as escaped in its keys>", taking the name from the keys
-    escaped = re.fullmatch(r"app:\{pool:(.*)\}:capacity", pool_keys("app", pool).capacity, re.S)
+    key = pool_keys("app", pool).capacity
+    escaped = re.fullmatch(r"app:\{pool:([^{}]*)\}([^{}]*):capacity", key, re.S)
     assert escaped is not None
 
-    assert due_of(f"{due} {escaped.group(1)}".encode()) == (pool, due)
+    assert due_of(f"{due} {escaped.group(1)}{escaped.group(2)}".encode()) == (pool, due)
 
 
 def test_a_lease_member_names_its_task_and_is_new_every_time() -> None:

@@ -31,7 +31,7 @@ def manager() -> ConstraintManager:
     [
         ({}, "needs params.rate"),
         ({"limit": 3}, "needs params.rate"),
-        ({"rate": "10/s", "per": "kwarg:tenant"}, "unknown rate_limit param.*per"),
+        ({"rate": "10/s", "burst": 3}, "unknown rate_limit param.*burst"),
         ({"rate": "0/s"}, "N must be a whole number"),
         ({"rate": ["1/m", "60/60s"]}, "two windows"),
         ({"rate": None}, "must be a string"),

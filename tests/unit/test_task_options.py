@@ -225,3 +225,50 @@ def test_a_rate_and_a_concurrency_in_code_both_hold() -> None:
         "constraint:rate_limit:task:shop.charge@1s": 1,
         "constraint:concurrency:task:shop.charge": 1,
     }
+
+
+def test_a_key_function_gives_each_key_value_the_declared_limit_and_rate() -> None:
+    task = make_task(concurrency=2, rate="5/s", key=lambda args, kwargs: kwargs["tenant"])
+
+    assert task.cascade_requirements((), {"tenant": "acme"}) == {
+        "constraint:rate_limit:task:shop.charge@1s code=acme": 1,
+        "constraint:concurrency:task:shop.charge code=acme": 1,
+    }
+    assert task.cascade_defaults() == {
+        "constraint:rate_limit:task:shop.charge@1s code": 5,
+        "constraint:concurrency:task:shop.charge code": 2,
+    }
+
+
+def test_a_key_functions_value_sizes_its_pool_until_a_runtime_limit_replaces_it() -> None:
+    from cascade_celery.constraints.manager import ConstraintManager
+    from cascade_celery.constraints.model import Constraint
+    from cascade_celery.constraints.registry import HandlerRegistry
+
+    task = make_task(concurrency=2, key=lambda args, kwargs: args[0])
+    manager = ConstraintManager(HandlerRegistry.builtin())
+    for pool, capacity in task.cascade_defaults().items():
+        manager.set_default_capacity(pool, capacity)
+    info = TaskInfo("shop.charge", resources=task.cascade_requirements((7,), {}))
+
+    assert manager.evaluate(info).capacities == {
+        "constraint:concurrency:task:shop.charge code=7": 2
+    }
+
+    limit = {"id": "l", "type": "concurrency", "scope": "task:shop.charge", "params": {"limit": 4}}
+    manager.apply(Constraint.from_dict(limit))
+    assert dict(manager.evaluate(info).pools) == {"constraint:concurrency:task:shop.charge": 1}
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"concurrency": 2, "key": "kwarg:tenant"}, "key must be a function"),
+        ({"key": lambda args, kwargs: 1}, "key needs a concurrency or a rate"),
+    ],
+)
+def test_a_bad_key_option_is_refused_when_the_task_is_made(
+    options: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=reason):
+        make_task(**options)

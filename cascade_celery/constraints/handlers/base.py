@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
+from cascade_celery.constraints.flow import Line
 from cascade_celery.constraints.model import Constraint, TaskInfo
 
 
@@ -42,6 +43,17 @@ class ConstraintHandler:
 
     def pool_capacities(self, constraint: Constraint) -> Mapping[str, int]:
         """The capacity this constraint sets on each pool it governs."""
+        return {}
+
+    def keyed_capacity(self, constraint: Constraint, pool: str, capacity: int) -> int | None:
+        """The capacity of the keyed pool ``pool`` (constraints/keyed.py) in a family to
+        which ``pool_capacities`` gave ``capacity``: ``capacity`` by default (a handler
+        with per-value overrides returns theirs; None: this constraint does not size it)."""
+        return capacity
+
+    def lines(self, constraint: Constraint, task: TaskInfo) -> Mapping[str, Line]:
+        """How ``task`` joins the lines of the pools this constraint makes it require
+        (constraints/flow.py): ``pool -> Line``; none by default (first come first served)."""
         return {}
 
     def next_change(self, constraint: Constraint, now: float) -> float | None:

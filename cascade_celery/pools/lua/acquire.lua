@@ -41,17 +41,23 @@
     ARGV[r + 2*(j-1)]       released lease j's member, where r = 8 + 2*required
     ARGV[r + 1 + 2*(j-1)]   how many pools released lease j is in
     ARGV[r + 2*released]    optional: payload to park with when blocked
-    ARGV[r + 2*released + 1]  optional: when the task's worker received it (ms): its place
-                            in line if it parks
+    ARGV[r + 2*released + 1]  optional: when the task's worker received it (ms; "": not
+                            known): its place in line if it parks
+    ARGV[r + 2*released + 2]  optional: JSON {"<pool index>": line} for the required pools
+                            whose lines are fair or bounded (park_in in includes/pool.lua)
 
   A rate pool's lease expires one window after now (includes/pool.lua), also when it
   takes over a reservation: the admission is counted from the task's arrival.
 
   Output:
-    {1, c, dues, handoffs...}  acquired every pool; c = 1 when one of them is contended
-                               (full now, or tasks wait in it), else 0
-    {0, i, dues, handoffs...}  blocked at pool i; the caller parks the task there
-    {2, i, dues, handoffs...}  blocked at pool i, and parked there with the payload
+    {1, c, dues, dropped, handoffs...}  acquired every pool; c = 1 when one of them is
+                               contended (full now, or tasks wait in it), else 0
+    {0, i, dues, dropped, handoffs...}  blocked at pool i; the caller parks the task there
+    {2, i, dues, dropped, handoffs...}  blocked at pool i, and parked there with the payload
+    {3, i, dues, dropped, handoffs...}  blocked at pool i, whose line for its key value is
+                               full: rejected (not parked)
+    dropped: (task id, payload) pairs of waiters dropped to make room (on_full
+    "drop_oldest"): they end SUPERSEDED
     handoffs: (pool index, task id, payload) triples to publish, then confirm; the
     index counts every pool in KEYS
     dues: (pool index, due ms) pairs, one per rate pool with waiters (see
@@ -70,7 +76,7 @@ local released_count = tonumber(ARGV[7])
 local first_released = 8 + 2 * pool_count
 local reservation = 'r:' .. task_id
 local now = now_ms()
-local out = {0, 0, {}}
+local out = {0, 0, {}, {}}
 
 local function capacity_arg(i) return tonumber(ARGV[8 + 2 * (i - 1)]) end
 local function units_arg(i) return tonumber(ARGV[9 + 2 * (i - 1)]) end
@@ -125,11 +131,15 @@ if blocked > 0 then
   out[2] = blocked
   local payload = ARGV[first_released + 2 * released_count]
   local arrival = tonumber(ARGV[first_released + 2 * released_count + 1])
-  if payload and park_in(pool_keys(blocked), task_id, units_arg(blocked), payload, now,
-                         arrival) then
-    out[1] = 2
+  local lines = ARGV[first_released + 2 * released_count + 2]
+  local line = lines and cjson.decode(lines)[tostring(blocked)] or nil
+  if payload then
+    local parked = park_in(pool_keys(blocked), task_id, units_arg(blocked), payload, now,
+                           arrival, line, out[4])
+    if parked == 'parked' then out[1] = 2 elseif parked == 'rejected' then out[1] = 3 end
   end
   announce_dues(#KEYS / POOL_KEYS, out[3])
+  settle_all(#KEYS / POOL_KEYS)
   return out
 end
 
@@ -148,4 +158,5 @@ for i = 1, pool_count do
 end
 out[1] = 1
 announce_dues(#KEYS / POOL_KEYS, out[3])
+settle_all(#KEYS / POOL_KEYS)
 return out

@@ -15,11 +15,16 @@
     ARGV[4]     payload: the message to hand off (pools/parking.py: JSON or direct)
     ARGV[5]     reservation ttl in milliseconds
     ARGV[6]     most waiters to hand off
-    ARGV[7]     optional: when the task's worker received it (ms): its place in line
+    ARGV[7]     optional: when the task's worker received it (ms; "": not known): its
+                place in line
+    ARGV[8]     optional: the task's line, JSON (park_in in includes/pool.lua)
 
   Output:
-    {1, 0, dues, handoffs...}   parked (or already waiting)
-    {0, 0, dues, handoffs...}   not parked: the pool has room now, acquire again
+    {1, 0, dues, dropped, handoffs...}   parked (or already waiting)
+    {0, 0, dues, dropped, handoffs...}   not parked: the pool has room now, acquire again
+    {2, 0, dues, dropped, handoffs...}   rejected: its line for its key value is full
+    dropped: (task id, payload) pairs of waiters dropped to make room (on_full
+    "drop_oldest"): they end SUPERSEDED
     dues: (pool index, due ms) pairs, one per rate pool with waiters (see
     includes/pool.lua)
 ]]
@@ -27,11 +32,12 @@
 --- @include "includes/pool"
 
 local task_id, units, payload = ARGV[1], tonumber(ARGV[2]), ARGV[4]
-local k, now, out = pool_keys(1), now_ms(), {0, 0, {}}
+local k, now, out = pool_keys(1), now_ms(), {0, 0, {}, {}}
 refresh(k, 1, tonumber(ARGV[3]), now, tonumber(ARGV[5]), tonumber(ARGV[6]), out)
 
-if park_in(k, task_id, units, payload, now, tonumber(ARGV[7])) then
-  out[1] = 1
-end
+local line = ARGV[8] and cjson.decode(ARGV[8]) or nil
+local parked = park_in(k, task_id, units, payload, now, tonumber(ARGV[7]), line, out[4])
+if parked == 'parked' then out[1] = 1 elseif parked == 'rejected' then out[1] = 2 end
 announce_dues(1, out[3])
+settle(k)
 return out

@@ -21,7 +21,7 @@
                             on and has not claimed yet (claim.lua): released instead
 
   Output:
-    {released, 0, dues, handoffs...}   released: how many pools still held the lease
+    {released, 0, dues, {}, handoffs...}   released: how many pools still held the lease
     dues: (pool index, due ms) pairs, one per rate pool with waiters (see
     includes/pool.lua)
 ]]
@@ -33,7 +33,7 @@ local ttl_ms = tonumber(ARGV[2])
 local max_handoffs = tonumber(ARGV[3])
 local unclaimed = ARGV[4]
 local now = now_ms()
-local out = {0, 0, {}}
+local out = {0, 0, {}, {}}
 
 for i = 1, #KEYS / POOL_KEYS do
   local k = pool_keys(i)
@@ -56,4 +56,5 @@ for i = 1, #KEYS / POOL_KEYS do
   dispatch(k, i, now, ttl_ms, max_handoffs, out)
 end
 announce_dues(#KEYS / POOL_KEYS, out[3])
+settle_all(#KEYS / POOL_KEYS)
 return out

@@ -58,10 +58,12 @@ local POOL_KEYS = 7
 
 local function pool_keys(index)
   local base = (index - 1) * POOL_KEYS
+  local capacity = KEYS[base + 1]
+  local stem = string.sub(capacity, 1, #capacity - #':capacity')
   return {
-    capacity = KEYS[base + 1], used = KEYS[base + 2], holders = KEYS[base + 3],
+    capacity = capacity, used = KEYS[base + 2], holders = KEYS[base + 3],
     units = KEYS[base + 4], waiters = KEYS[base + 5], parked = KEYS[base + 6],
-    stats = KEYS[base + 7],
+    stats = KEYS[base + 7], stem = stem, ring = stem .. ':ring',
   }
 end
 
@@ -104,10 +106,12 @@ local function add_used(k, delta)
   end
 end
 
--- The key prefix and the pool's name as escaped in its keys (pools/keys.py), from any
--- one of the pool's keys.
+-- The key prefix, the pool's name as escaped in its keys (pools/keys.py), and its base
+-- pool's name (the name of a pool that is not keyed), from any one of the pool's keys.
 local function prefix_and_name_of(key)
-  return string.match(key, '^(.*):{pool:([^{}]*)}:[a-z]+$')
+  local prefix, base, rest = string.match(key, '^(.*):{pool:([^{}]*)}([^{}]*):[a-z]+$')
+  if not prefix then return nil end
+  return prefix, base .. rest, base
 end
 
 local function prefix_and_name(k)
@@ -119,9 +123,9 @@ local UNIT_MS = {s = 1000, m = 60000, h = 3600000, d = 86400000}
 -- A rate pool's window in ms, from any one of its keys; nil for any other pool.
 -- Mirrors window_of_pool in constraints/rate.py.
 local function window_ms_of(key)
-  local _, name = prefix_and_name_of(key)
-  if not name then return nil end
-  local count, unit = string.match(name, '^constraint:rate_limit:.*@([1-9]%d*)([smhd])$')
+  local _, _, base = prefix_and_name_of(key)
+  if not base then return nil end
+  local count, unit = string.match(base, '^constraint:rate_limit:.*@([1-9]%d*)([smhd])$')
   if not count then return nil end
   return tonumber(count) * UNIT_MS[unit]
 end
@@ -141,6 +145,21 @@ local function holder_ttl(k, ttl_ms)
   return ttl_ms
 end
 
+--[[
+  Fair lines (constraints/flow.py, fair_by). A task parked with a fair value v ("f:<task
+  id>" in units) also waits in the ZSET "<stem>:q:<v>" (by arrival), and v is in the
+  LIST "<stem>:ring" once while it has waiters ("in:<v>" in units marks it; an entry
+  whose queue emptied out of turn is dropped when it reaches the head). The head value
+  is served "w:<v>" (its weight, default 1) times in a row ("turn" counts them), then
+  goes to the back: while k values wait, each is served at least once in every k
+  hand-offs, and a hand-off costs O(log n), never a scan. Waiters without a fair value
+  are served first come first served once the ring is empty.
+]]
+
+local function queue_key(k, value)
+  return k.stem .. ':q:' .. value
+end
+
 -- Put a task in line; the first waiter announces that the pool has a line now.
 local function add_waiter(k, position, task_id)
   if redis.call('ZCARD', k.waiters) == 0 then
@@ -148,6 +167,52 @@ local function add_waiter(k, position, task_id)
     if prefix then redis.call('PUBLISH', prefix .. ':pools:contended', name) end
   end
   redis.call('ZADD', k.waiters, position, task_id)
+  local value = redis.call('HGET', k.units, 'f:' .. task_id)
+  if value then
+    redis.call('ZADD', queue_key(k, value), position, task_id)
+    if redis.call('HSETNX', k.units, 'in:' .. value, 1) == 1 then
+      redis.call('RPUSH', k.ring, value)
+    end
+  end
+end
+
+-- Take task_id out of line (not served: dropped or purged); a fair value it leaves
+-- empty stays in the ring until it reaches the head.
+local function remove_waiter(k, task_id)
+  redis.call('ZREM', k.waiters, task_id)
+  local value = redis.call('HGET', k.units, 'f:' .. task_id)
+  if value then redis.call('ZREM', queue_key(k, value), task_id) end
+end
+
+-- The next task in line and its fair value (nil: first come first served), or nil.
+local function head_of_line(k)
+  while true do
+    local value = redis.call('LINDEX', k.ring, 0)
+    if not value then break end
+    local head = redis.call('ZRANGE', queue_key(k, value), 0, 0)
+    if #head > 0 then return head[1], value end
+    redis.call('LPOP', k.ring)  -- its queue emptied out of turn
+    redis.call('HDEL', k.units, 'in:' .. value, 'w:' .. value, 'turn')
+  end
+  local head = redis.call('ZRANGE', k.waiters, 0, 0)
+  return head[1], nil
+end
+
+-- The head of line (fair value `value`) was served: it leaves the line, and its value
+-- keeps its turn, or goes to the back of the ring (out of it, if nobody is left).
+local function leave_line(k, task_id, value)
+  redis.call('ZREM', k.waiters, task_id)
+  if not value then return end
+  local queue = queue_key(k, value)
+  redis.call('ZREM', queue, task_id)
+  local served = redis.call('HINCRBY', k.units, 'turn', 1)
+  if redis.call('ZCARD', queue) == 0 then
+    redis.call('LPOP', k.ring)
+    redis.call('HDEL', k.units, 'in:' .. value, 'w:' .. value, 'turn')
+  elseif served >= tonumber(redis.call('HGET', k.units, 'w:' .. value) or '1') then
+    redis.call('LMOVE', k.ring, k.ring, 'LEFT', 'RIGHT')
+    redis.call('HDEL', k.units, 'turn')
+  end
 end
 
 local DIRECT = 'cascade-direct '
@@ -244,7 +309,8 @@ local function reap(k, now)
     else
       redis.call('HDEL', k.units, member)
       if task_id then
-        redis.call('HDEL', k.units, 'q:' .. task_id, 'a:' .. task_id, 'h:' .. task_id)
+        redis.call('HDEL', k.units, 'q:' .. task_id, 'a:' .. task_id, 'h:' .. task_id,
+                   'f:' .. task_id)
       end
     end
   end
@@ -257,7 +323,8 @@ local function forget_reservation(k, task_id)
   local member = 'r:' .. task_id
   if redis.call('ZREM', k.holders, member) == 0 then return nil end
   local held = redis.call('HMGET', k.units, member, 'h:' .. task_id)
-  redis.call('HDEL', k.units, member, 'q:' .. task_id, 'a:' .. task_id, 'h:' .. task_id)
+  redis.call('HDEL', k.units, member, 'q:' .. task_id, 'a:' .. task_id, 'h:' .. task_id,
+             'f:' .. task_id)
   return tonumber(held[1] or '0'), tonumber(held[2])
 end
 
@@ -300,22 +367,22 @@ local function dispatch(k, index, now, ttl_ms, max, out)
   local expiry = now + holder_ttl(k, ttl_ms)
   local handed = 0
   while handed < max do
-    local head = redis.call('ZRANGE', k.waiters, 0, 0)
-    if #head == 0 then break end
-    local task_id = head[1]
+    local task_id, value = head_of_line(k)
+    if not task_id then break end
     local member = 'r:' .. task_id
     local booked = redis.call('HMGET', k.units, member, 'a:' .. task_id)
     local units = tonumber(booked[1] or '1')
     local payload = redis.call('HGET', k.parked, task_id)
     if not payload then
       -- Nothing to publish (purged): drop the entry and look at the next one.
-      redis.call('ZREM', k.waiters, task_id)
-      redis.call('HDEL', k.units, member, 'q:' .. task_id, 'a:' .. task_id, 'h:' .. task_id)
+      remove_waiter(k, task_id)
+      redis.call('HDEL', k.units, member, 'q:' .. task_id, 'a:' .. task_id, 'h:' .. task_id,
+                 'f:' .. task_id)
     else
       if capacity ~= nil and used_of(k) + units > capacity then break end
       redis.call('HSET', k.units, 'q:' .. task_id, redis.call('ZSCORE', k.waiters, task_id),
                  'h:' .. task_id, now)
-      redis.call('ZREM', k.waiters, task_id)
+      leave_line(k, task_id, value)
       redis.call('ZADD', k.holders, expiry, member)
       add_used(k, units)
       if booked[2] then observe(k.stats, 'wait', WAIT_BUCKETS_MS, now - tonumber(booked[2])) end
@@ -351,24 +418,108 @@ local function give_back(k, index, task_id, now, ttl_ms, max, out)
   end
 end
 
+-- Drop the oldest waiter of `line` (its fair value's queue, else the pool's line): it
+-- leaves the line, its payload moves to "<stem>:dropped" until the caller has ended it
+-- (SUPERSEDED; pools/resources.py forget_dropped), "d:<task id>" in units saying since
+-- when, and (task id, payload) is appended to `dropped`.
+local function drop_oldest(k, line, dropped, now)
+  local head = redis.call('ZRANGE', line, 0, 0)
+  if #head == 0 then return end
+  local task_id = head[1]
+  local payload = redis.call('HGET', k.parked, task_id) or ''
+  remove_waiter(k, task_id)
+  redis.call('HSET', k.stem .. ':dropped', task_id, payload)
+  redis.call('HDEL', k.parked, task_id)
+  redis.call('HDEL', k.units, 'r:' .. task_id, 'q:' .. task_id, 'a:' .. task_id,
+             'h:' .. task_id, 'f:' .. task_id)
+  redis.call('HSET', k.units, 'd:' .. task_id, now)
+  dropped[#dropped + 1] = task_id
+  dropped[#dropped + 1] = payload
+  count(k.stats, 'superseded')
+end
+
+-- Dropped waiters whose caller did not end them within `after_ms` (it died): appended to
+-- `dropped` for this caller to end, their time renewed (one caller at a time).
+local function unended_drops(k, now, after_ms, dropped)
+  local key = k.stem .. ':dropped'
+  if redis.call('EXISTS', key) == 0 then return end
+  local entries = redis.call('HGETALL', key)
+  for i = 1, #entries, 2 do
+    local task_id = entries[i]
+    local since = tonumber(redis.call('HGET', k.units, 'd:' .. task_id) or '0')
+    if now - since >= after_ms then
+      redis.call('HSET', k.units, 'd:' .. task_id, now)
+      dropped[#dropped + 1] = task_id
+      dropped[#dropped + 1] = entries[i + 1]
+    end
+  end
+end
+
 -- Park a task in line, placed by its arrival (else now), unless the pool has room for it
--- now (false: acquire again). One already waiting (a duplicate delivery) keeps its place.
-local function park_in(k, task_id, units, payload, now, arrival)
+-- now: 'parked', or 'room' (acquire again). One already waiting (a duplicate delivery)
+-- keeps its place. `line` (constraints/flow.py; nil: plain) gives its fair value `v`
+-- and that value's weight `w`, and at most `m` waiting per value (per fair value, else
+-- in the pool): when full, the oldest is dropped into `dropped` if `d`, else the
+-- newcomer is not parked: 'rejected'.
+local function park_in(k, task_id, units, payload, now, arrival, line, dropped)
   payload = naming_pool(k, payload)
   if redis.call('ZSCORE', k.waiters, task_id) then
     redis.call('HSET', k.parked, task_id, payload)
-    return true
+    return 'parked'
   end
   local capacity = capacity_of(k)
   local full = capacity ~= nil and used_of(k) + units > capacity
   if not full and redis.call('ZCARD', k.waiters) == 0 then
-    return false
+    return 'room'
+  end
+  if line and line.m then
+    local queue = line.v and queue_key(k, line.v) or k.waiters
+    if redis.call('ZCARD', queue) >= line.m then
+      if not line.d then
+        count(k.stats, 'rejected')
+        return 'rejected'
+      end
+      while redis.call('ZCARD', queue) >= line.m do drop_oldest(k, queue, dropped, now) end
+    end
+  end
+  if line and line.v then
+    redis.call('HSET', k.units, 'f:' .. task_id, line.v)
+    if (line.w or 1) ~= 1 then
+      redis.call('HSET', k.units, 'w:' .. line.v, line.w)
+    else
+      redis.call('HDEL', k.units, 'w:' .. line.v)
+    end
   end
   add_waiter(k, arrival or now_precise_ms(), task_id)
   redis.call('HSET', k.parked, task_id, payload)
   redis.call('HSET', k.units, 'r:' .. task_id, units, 'a:' .. task_id, now)
   count(k.stats, 'parked')
-  return true
+  return 'parked'
+end
+
+-- A keyed pool (its name has a " <key>=<value>" part, pools/keys.py) holding nothing and
+-- with nobody waiting leaves no key behind, and leaves its family's "live" SET (the
+-- pools of the family that hold or wait, for sweeps and status); else it is in it.
+local function settle(k)
+  local prefix, name, base = prefix_and_name(k)
+  if not prefix or name == base then return end
+  local rest = string.sub(name, #base + 2)
+  local key = string.match(rest, '^([^=]*)=')
+  if not key then return end
+  local live = prefix .. ':{pool:' .. base .. '} ' .. key .. ':live'
+  if redis.call('ZCARD', k.holders) == 0 and redis.call('ZCARD', k.waiters) == 0
+      and redis.call('HLEN', k.parked) == 0
+      and redis.call('EXISTS', k.stem .. ':dropped') == 0 then
+    redis.call('DEL', k.capacity, k.used, k.units, k.ring)
+    redis.call('SREM', live, rest)
+  else
+    redis.call('SADD', live, rest)
+  end
+end
+
+-- settle the first `count` pools in KEYS.
+local function settle_all(count)
+  for i = 1, count do settle(pool_keys(i)) end
 end
 
 -- A rate pool's next due, if tasks wait in it: appended to `dues` as (pool index, due
