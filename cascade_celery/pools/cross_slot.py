@@ -6,8 +6,13 @@ one server. :class:`SlotScripts` splits the others through :class:`Scripts`' own
 methods, and maps each part's hand-offs and dues back to the caller's pool indices.
 
 **All-or-none acquire across slots.** The task's pools are grouped by slot and the
-groups acquired one after another, in a fixed order: pools a release frees fully
-first, then rate windows, shortest first (by slot within each). A group that blocks
+groups acquired one after another: first the group whose pool blocked a task in this
+process last (likely to block again: the task parks there without taking the others
+first), then pools a release frees fully, then rate windows, shortest first (by slot
+within each). No order is needed against deadlock (nothing waits); trying the blocking
+pool first keeps tasks out of lines they don't wait for (a task that found a pool held
+by another's attempt waits in that pool's line: handed off again at the rollback, it
+tries the blocking pool first and moves to its line). A group that blocks
 parks the task there, in the same script, as on one server (its reservations in that
 group go back); the groups acquired before it are released again (their room goes to
 their waiters) and the reservations it holds in later groups are given back. The
@@ -57,6 +62,8 @@ from cascade_celery.redis_cluster import is_cluster, node_client, slot_of
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"\{pool:([^{}]*)\}")
+#: How many pools that blocked a task :class:`SlotScripts` remembers.
+BLOCKED_REMEMBERED = 1024
 
 
 def scripts_for(client: redis.Redis, replication: ReplicaWait) -> Scripts:
@@ -133,6 +140,9 @@ class SlotScripts(Scripts):
         self.replication = replication
         self._name = uuid.uuid4().hex[:12]
         self._count = itertools.count()
+        #: Pools (their capacity key) that blocked a task spanning slots, by how recently.
+        self._blocked: dict[str, int] = {}
+        self._blocks = itertools.count(1)
 
     # -- acquire ------------------------------------------------------------------------
 
@@ -184,6 +194,7 @@ class SlotScripts(Scripts):
                     contended |= outcome.detail
                     continue
                 blocked = group[outcome.detail - 1] + 1
+                self._note_blocked(pools[blocked - 1])
                 acquired, done = [], acquired
                 self._roll_back(pools, done, common, merged)
                 for later in groups[position + 1 :]:  # reservations held there go back
@@ -310,14 +321,23 @@ class SlotScripts(Scripts):
         return list(groups.values())
 
     def _groups(self, pools: Sequence[PoolKeys]) -> list[list[int]]:
-        """The order an acquire takes the slots in: groups without rate windows, by slot;
-        then those with, shortest window first."""
+        """The order an acquire takes the slots in: the group with the pool that blocked
+        a task here last, first; then groups without rate windows, by slot; then those
+        with, shortest window first."""
 
-        def order(group: list[int]) -> tuple[float, int]:
+        def order(group: list[int]) -> tuple[int, float, int]:
+            blocked = max((self._blocked.get(pools[i].capacity, 0) for i in group), default=0)
             windows = [w for i in group if (w := _window(pools[i])) is not None]
-            return (min(windows) if windows else 0.0, self._slot(pools[group[0]]))
+            return (-blocked, min(windows) if windows else 0.0, self._slot(pools[group[0]]))
 
         return sorted(self._by_slot(pools), key=order)
+
+    def _note_blocked(self, keys: PoolKeys) -> None:
+        """Remember that ``keys``' pool blocked a task now (bounded: oldest forgotten)."""
+        self._blocked.pop(keys.capacity, None)
+        self._blocked[keys.capacity] = next(self._blocks)
+        while len(self._blocked) > BLOCKED_REMEMBERED:
+            del self._blocked[next(iter(self._blocked))]
 
     def _finish(self, merged: _Merged, status: int, detail: int) -> Outcome:
         """The merged outcome, with the hand-offs whose masters' replicas hold them."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 from celery import Celery
+from celery.result import AsyncResult
 
 from cascade_celery import DEFERRED, Cascade
 from cascade_celery.constraints.handlers.concurrency import concurrency_pool
@@ -180,3 +181,83 @@ def test_a_master_killed_while_tasks_wait_in_it_loses_none_and_runs_none_twice(
     print(f"waiting at the kill: {waiting}, killed {busiest}'s master; peak concurrency "
           f"{peak} under a limit of 2")  # fmt: skip
     assert peak <= 2 * 2  # beyond the limit: only slots the replica never received
+
+
+TENANT = concurrency_pool("task:gated.tenant")  # keyed: "<TENANT> kwarg:tenant=<value>"
+
+
+def send_tenant(app: Celery, tenant: str, n: int, seconds: float) -> AsyncResult:
+    return app.tasks["gated.tenant"].apply_async((f"{tenant}:{n}", seconds), {"tenant": tenant})
+
+
+def of_tenant(all_runs: list[Run], tenant: str) -> list[Run]:
+    return [run for run in all_runs if str(run.label).startswith(f"{tenant}:")]
+
+
+def test_a_limit_per_tenant_and_a_shared_limit_on_another_master_both_hold(
+    gated_app: Celery,
+    cascade: Cascade,
+    cluster: ClusterDeployment,
+    start_worker: StartWorker,
+    broker_client: redis.Redis,
+    unique_prefix: str,
+) -> None:
+    # Given 1 at once per tenant (each tenant's pool in its family's slot) and 2 at once
+    # for all tasks, on another master
+    assert len(masters_of(cluster, unique_prefix, f"{TENANT} kwarg:tenant=a", EVERY)) == 2
+    for _ in range(2):
+        start_worker(pool="prefork", concurrency=3)
+    cascade.limit("task:gated.tenant", 1, per="kwarg:tenant", wait=30)
+    cascade.limit("task:gated.*", 2, wait=30)
+
+    # When 3 tenants send 4 tasks each
+    results = [send_tenant(gated_app, t, n, 0.2) for n in range(4) for t in "abc"]
+
+    # Then each runs once, never 2 of a tenant nor 3 in all at once
+    assert sorted(r.get(timeout=120) for r in results) == sorted(
+        f"{t}:{n}" for n in range(4) for t in "abc"
+    )
+    all_runs = runs(broker_client, unique_prefix)
+    assert Counter(run.id for run in all_runs) == Counter({r.id: 1 for r in results})
+    assert all(peak_concurrency(of_tenant(all_runs, t)) == 1 for t in "abc")
+    assert peak_concurrency(all_runs) <= 2
+    # And the tenants' pools leave no key behind, on their master
+    client = cascade._store().client
+
+    def tenant_keys() -> list[bytes]:  # every master's (a cluster's SCAN asks them all)
+        found = client.scan_iter(match=f"{unique_prefix}:*kwarg:tenant=*", count=1000)
+        # but WAIT's markers (pools/replication.py), which expire a minute after a parking
+        return [key for key in found if not key.endswith(b":replicated")]
+
+    wait_for(lambda: tenant_keys() == [], 10, message=f"no tenant key left: {tenant_keys()}")
+
+
+def test_fair_by_serves_a_late_tenant_early_with_a_shared_limit_on_another_master(
+    gated_app: Celery,
+    cascade: Cascade,
+    cluster: ClusterDeployment,
+    start_worker: StartWorker,
+    broker_client: redis.Redis,
+    unique_prefix: str,
+) -> None:
+    # Given a fair line by tenant, held (limit 0), with 16 of tenant a and then 3 of b
+    assert len(masters_of(cluster, unique_prefix, TENANT, EVERY)) == 2
+    for _ in range(2):
+        start_worker(pool="prefork", concurrency=3)
+    cascade.limit("task:gated.*", 2, wait=30)
+    cascade.limit("task:gated.tenant", 0, fair_by="kwarg:tenant", wait=30)
+    backlog = [send_tenant(gated_app, "a", n, 0.1) for n in range(16)]
+    wait_for(lambda: all(r.state == DEFERRED for r in backlog), timeout=60)
+    late = [send_tenant(gated_app, "b", n, 0.1) for n in range(3)]
+    wait_for(lambda: all(r.state == DEFERRED for r in late), timeout=60)
+
+    # When the line opens to 2 at once
+    cascade.limit("task:gated.tenant", 2, fair_by="kwarg:tenant", wait=30)
+
+    # Then b's tasks start among the first hand-offs, and 2 at most run at once
+    assert [r.get(timeout=120) for r in late] == [f"b:{n}" for n in range(3)]
+    assert [r.get(timeout=120) for r in backlog] == [f"a:{n}" for n in range(16)]
+    all_runs = runs(broker_client, unique_prefix)
+    order = [str(run.label).split(":")[0] for run in all_runs]
+    assert max(i for i, tenant in enumerate(order) if tenant == "b") < 10, order
+    assert peak_concurrency(all_runs) <= 2
