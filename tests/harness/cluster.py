@@ -32,10 +32,11 @@ class ClusterServer(RedisServer):
         super().__init__(directory, **options)
         self.node_timeout_ms = node_timeout_ms
         self.bus_port = 0
+        self._bus_of = 0  # the client port bus_port was chosen with
 
     def _command(self, port: int) -> list[str]:
-        if not self.bus_port:
-            self.bus_port = free_port()
+        if port != self._bus_of:  # a new port (a retry after a clash): a new bus port too
+            self.bus_port, self._bus_of = free_port(), port
         return [*super()._command(port), "--cluster-enabled", "yes",
                 "--cluster-config-file", str(self.directory / "nodes.conf"),
                 "--cluster-port", str(self.bus_port),
@@ -92,6 +93,14 @@ class ClusterDeployment(Managed):
     def start(self) -> ClusterDeployment:
         """Start every node, create the cluster, and return once every node sees all
         slots served, and each master its replicas online."""
+        try:
+            self._create()
+        except BaseException:
+            self.stop()  # no node outlives a failed start
+            raise
+        return self
+
+    def _create(self) -> None:
         for node in self.nodes:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
@@ -105,7 +114,6 @@ class ClusterDeployment(Managed):
             raise AssertionError(f"redis-cli --cluster create failed:\n{created.stdout}\n"
                                  f"{created.stderr}")  # fmt: skip
         wait_for(self._converged, 30, interval=0.05, message="the cluster to converge")
-        return self
 
     def stop(self) -> None:
         """Close the clients handed out, stop every node."""
