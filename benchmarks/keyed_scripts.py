@@ -33,12 +33,13 @@ from typing import Any
 import redis
 
 from benchmarks.cluster import cluster
+from benchmarks.scenarios import take_handoff
 from benchmarks.stats import summary
 from cascade_celery.constraints.flow import Line
 from cascade_celery.constraints.keyed import family_name, keyed_pool
 from cascade_celery.constraints.rate import parse_rate, rate_pool
 from cascade_celery.pools.keys import family_live, pool_keys
-from cascade_celery.pools.outcomes import Lease, PoolHandoff
+from cascade_celery.pools.outcomes import Lease
 from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.pools.scripts import SOURCES
 from cascade_celery.text import text
@@ -79,17 +80,8 @@ class _FairLine:
         """``count`` hand-off cycles; seconds per cycle."""
         started = time.perf_counter()
         for _ in range(count):
-            self.lease = _take(self.rm, self.pool, self.rm.release(self.lease))
+            self.lease = take_handoff(self.rm, self.pool, self.rm.release(self.lease))
         return (time.perf_counter() - started) / count
-
-
-def _take(rm: ResourceManager, pool: str, handoffs: tuple[PoolHandoff, ...]) -> Lease:
-    """Confirm the one hand-off made and acquire its reserved slot, as the task would."""
-    rm.confirm(handoffs)
-    (handoff,) = handoffs
-    acquired = rm.try_acquire(handoff.task_id, [(pool, 1)], {pool: 1}, handed_off_from=pool)
-    assert acquired.lease is not None
-    return acquired.lease
 
 
 def _sha(name: str) -> str:
@@ -233,7 +225,7 @@ def _concurrency_tenant(rm: ResourceManager, tenant: str, park: bool) -> None:
         return
     second = rm.try_acquire(f"{tenant}-b", [(pool, 1)], {pool: 1}, park_with=PAYLOAD)
     assert second.parked, f"{pool}: the second task did not park"
-    lease = _take(rm, pool, rm.release(acquired.lease))
+    lease = take_handoff(rm, pool, rm.release(acquired.lease))
     assert rm.release(lease) == ()
 
 
@@ -255,7 +247,7 @@ def _sweep_rate_family(rm: ResourceManager) -> tuple[int, int]:
     for pool in pools:
         swept = rm.sweep(pool, 1)
         if swept.handoffs:
-            rm.release(_take(rm, pool, swept.handoffs))
+            rm.release(take_handoff(rm, pool, swept.handoffs))
             handed += 1
     return len(pools), handed
 

@@ -375,17 +375,17 @@ def _cycle_cost(rm: ResourceManager, pool: str, cycles: int) -> float:
     the way a worker passes a slot of a pool of 1 down its line of parked tasks. Takes
     ``cycles + 1`` tasks off the line and leaves the pool closed (capacity 0), as found."""
     _, handoffs = rm.update_resource(pool, 1)  # the first waiter gets the slot
-    lease = _take(rm, pool, handoffs)
+    lease = take_handoff(rm, pool, handoffs)
     started = time.perf_counter()
     for _ in range(cycles):
-        lease = _take(rm, pool, rm.release(lease))
+        lease = take_handoff(rm, pool, rm.release(lease))
     elapsed = time.perf_counter() - started
     rm.update_resource(pool, 0)
     assert rm.release(lease) == ()  # closed: nobody else is handed off
     return elapsed / cycles
 
 
-def _take(rm: ResourceManager, pool: str, handoffs: tuple[PoolHandoff, ...]) -> Lease:
+def take_handoff(rm: ResourceManager, pool: str, handoffs: tuple[PoolHandoff, ...]) -> Lease:
     """Confirm the one hand-off made and acquire its reserved slot, as the task would."""
     rm.confirm(handoffs)
     (handoff,) = handoffs

@@ -246,3 +246,35 @@ def test_a_task_name_with_topic_and_key_characters_is_limited_safely(
     pool_keys = redis_server.client().keys(f"{unique_prefix}:*pool:*")
     assert pool_keys
     assert all(key.count(b"{") == 1 and key.count(b"}") == 1 for key in pool_keys)
+
+
+def test_keyed_params_published_with_mosquitto_pub_limit_each_tenant(
+    gated_app: Celery,
+    start_worker: StartWorker,
+    mosquitto_server: MosquittoServer,
+    broker_client: redis.Redis,
+    unique_prefix: str,
+) -> None:
+    # Given a limit of 1 per tenant, published as DESIGN.md's Flow control writes it, and a
+    # payload with an unknown key kind on another topic (rejected as a whole)
+    params = {"limit": 1, "per": "kwarg:tenant", "overrides": {"b": 2}}
+    mosquitto_pub(mosquitto_server, *constraint(unique_prefix, "per-tenant", "concurrency",
+                                                "task:gated.tenant", params=params))  # fmt: skip
+    bad = {"limit": 0, "per": "body:tenant"}
+    mosquitto_pub(mosquitto_server, *constraint(unique_prefix, "bad", "concurrency",
+                                                "task:gated.tenant", params=bad))  # fmt: skip
+    start_worker(pool="prefork", concurrency=4)
+    start_worker(pool="prefork", concurrency=4)
+
+    # When two tenants send 6 tasks each
+    tenant = gated_app.tasks["gated.tenant"]
+    results = [tenant.delay(f"{t}:{n}", 0.2, tenant=t) for n in range(6) for t in ("a", "b")]
+
+    # Then a runs one at a time and b two (its override), and the bad payload held nothing
+    assert sorted(str(r.get(timeout=60)) for r in results) == sorted(
+        f"{t}:{n}" for n in range(6) for t in ("a", "b")
+    )
+    all_runs = runs(broker_client, unique_prefix)
+    for name, limit in (("a", 1), ("b", 2)):
+        mine = [run for run in all_runs if str(run.label).startswith(f"{name}:")]
+        assert peak_concurrency(mine) == limit, name

@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from celery import Celery
-
 from cascade_celery import Cascade
 from cascade_celery.constraints.flow import Line
 from cascade_celery.pools.resources import ResourceManager
-from tests.harness.redis_server import RedisServer
 from tests.integration.cli.conftest import ok
 
 KEYED = "constraint:concurrency:task:reports.build kwarg:tenant=acme"
 FAIR = "constraint:concurrency:queue:emails"
-
-
-@pytest.fixture
-def resources(redis_server: RedisServer, unique_prefix: str) -> ResourceManager:
-    return ResourceManager(redis_server.client(), prefix=unique_prefix, lease_seconds=30)
-
-
-@pytest.fixture
-def api(app: Celery) -> Cascade:
-    return Cascade.for_app(app)
 
 
 def test_a_task_in_a_per_key_pool_is_told_its_key_value_and_place(

@@ -7,23 +7,16 @@ import json
 import re
 from typing import Any
 
-import pytest
 from celery import Celery
 
 from cascade_celery import Cascade
 from cascade_celery.constraints.flow import Line
 from cascade_celery.pools.resources import ResourceManager
-from tests.harness.redis_server import RedisServer
 from tests.integration.cli.conftest import ok
 
 BASE = "constraint:concurrency:task:reports.build"
 FAMILY = f"{BASE} kwarg:tenant"
 FAIR = "constraint:concurrency:queue:emails"
-
-
-@pytest.fixture
-def resources(redis_server: RedisServer, unique_prefix: str) -> ResourceManager:
-    return ResourceManager(redis_server.client(), prefix=unique_prefix, lease_seconds=30)
 
 
 def hold(resources: ResourceManager, pool: str, capacity: int, count: int, name: str) -> None:

@@ -100,7 +100,7 @@ def test_status_shows_running_units_parked_tasks_and_the_oldest_wait(
     assert 0.3 <= status["oldest_wait_seconds"] < 60
     table = ok(env, "status")
     assert re.search(
-        rf"^{pool}\s+1\s+1\s+2\s+\d+\.\ds\s+concurrency-queue:emails$", table, re.MULTILINE
+        rf"^{pool}\s+1\s+1\s+2\s+[0-9.hms]+\s+concurrency-queue:emails$", table, re.MULTILINE
     ), table
 
 

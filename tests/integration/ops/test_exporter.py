@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from celery import Celery
 
 from cascade_celery import Cascade
@@ -18,11 +17,6 @@ from tests.integration.ops.conftest import buckets, exporter, kinds, pool_sample
 EMAILS = "constraint:concurrency:queue:emails"
 SMS = "constraint:concurrency:queue:sms"
 PUSH = "constraint:concurrency:queue:push"
-
-
-@pytest.fixture
-def resources(redis_server: RedisServer, unique_prefix: str) -> ResourceManager:
-    return ResourceManager(redis_server.client(), prefix=unique_prefix, lease_seconds=30)
 
 
 def fill(api: Cascade, resources: ResourceManager, scope: str, pool: str, parked: int) -> Lease:

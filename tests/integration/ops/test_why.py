@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from celery import Celery
-
 from cascade_celery import Cascade
 from cascade_celery.pools.outcomes import Lease
 from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.why_answer import Why
-from tests.harness.redis_server import RedisServer
 from tests.integration.cli.conftest import ok
 
 POOL = "constraint:concurrency:queue:emails"
-
-
-@pytest.fixture
-def resources(redis_server: RedisServer, unique_prefix: str) -> ResourceManager:
-    return ResourceManager(redis_server.client(), prefix=unique_prefix, lease_seconds=30)
-
-
-@pytest.fixture
-def api(app: Celery) -> Cascade:
-    return Cascade.for_app(app)
 
 
 def line_of_two(api: Cascade, resources: ResourceManager) -> Lease:
