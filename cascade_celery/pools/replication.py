@@ -21,6 +21,7 @@ import uuid
 
 import redis
 
+from cascade_celery.constraints.keyed import split_keyed
 from cascade_celery.pools.keys import pool_keys
 from cascade_celery.redis_client import NotReplicated, ReplicaWait
 
@@ -54,8 +55,11 @@ class ParkingGuard:
         return self.replication.wait(*self._marker(pool))
 
     def _marker(self, pool: str) -> tuple[str, str, str]:
-        """(key in the pool's hash slot, field of this process and thread, new value)."""
-        marker = pool_keys(self.prefix, pool).waiters.removesuffix("waiters") + "replicated"
+        """(key in the pool's hash slot, field of this process and thread, new value);
+        a keyed pool's is its family's (one key per family, not per key value)."""
+        keyed = split_keyed(pool)
+        slot_pool = pool if keyed is None else keyed.family
+        marker = pool_keys(self.prefix, slot_pool).waiters.removesuffix("waiters") + "replicated"
         return marker, f"{self._name}:{threading.get_ident()}", str(next(self._count))
 
     def check(self, task_id: str, pool: str) -> None:
