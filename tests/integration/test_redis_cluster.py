@@ -42,6 +42,10 @@ from tests.harness.cluster import ClusterDeployment, names_on_distinct_masters
 from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_for
 
+#: Seconds a parking waits for its replica: a loaded machine (4 clusters at once) can take
+#: longer than the 0.5 s default, which these tests do not test.
+WAIT = 5.0
+
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ClusterDeployment]:
@@ -87,7 +91,7 @@ def test_the_factory_s_client_reaches_every_master(
 def test_one_pool_acquires_parks_and_hands_off_as_on_one_server(
     client: redis.Redis, unique_prefix: str
 ) -> None:
-    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30)
+    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30, wait_timeout=WAIT)
     holder = rm.try_acquire("holder", [("gpu", 1)], {"gpu": 1}).lease
     assert holder is not None
     assert rm.try_acquire("waiter", [("gpu", 1)], {"gpu": 1}, park_with=b"waiter").parked
@@ -104,7 +108,7 @@ def test_one_pool_acquires_parks_and_hands_off_as_on_one_server(
 def test_a_task_spanning_masters_gets_all_its_pools_or_none_and_parks_where_blocked(
     cluster: ClusterDeployment, client: redis.Redis, unique_prefix: str
 ) -> None:
-    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30)
+    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30, wait_timeout=WAIT)
     first, second = pools_on_masters(cluster, unique_prefix, 2)  # acquired in this order
     capacities = {first: 1, second: 1}
     holder = rm.try_acquire("holder", [(second, 1)], capacities).lease
@@ -137,7 +141,7 @@ def test_a_task_spanning_masters_gets_all_its_pools_or_none_and_parks_where_bloc
 def test_a_task_blocked_in_one_slot_gives_back_its_reservation_in_another(
     cluster: ClusterDeployment, client: redis.Redis, unique_prefix: str
 ) -> None:
-    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30)
+    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30, wait_timeout=WAIT)
     first, second = pools_on_masters(cluster, unique_prefix, 2)
     capacities = {first: 1, second: 1}
     holders = [rm.try_acquire(f"h{i}", [(pool, 1)], capacities).lease
@@ -162,7 +166,7 @@ def test_a_task_blocked_in_one_slot_gives_back_its_reservation_in_another(
 def test_a_reservation_no_longer_needed_is_given_back_on_its_own_master(
     cluster: ClusterDeployment, client: redis.Redis, unique_prefix: str
 ) -> None:
-    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30)
+    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30, wait_timeout=WAIT)
     old, new = pools_on_masters(cluster, unique_prefix, 2)
     capacities = {old: 1, new: 1}
     holder = rm.try_acquire("holder", [(old, 1)], capacities).lease
@@ -188,7 +192,7 @@ def test_tasks_spanning_masters_never_overrun_a_limit_and_all_finish(
     its pools briefly, releases (half of them along with the thread's next acquire, as a
     worker process does) and passes the hand-offs its calls return to the parked tasks
     they name, which then acquire again, as the runtime does."""
-    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30)
+    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30, wait_timeout=WAIT)
     a, b, c = pools_on_masters(cluster, unique_prefix, 3)
     capacities = {a: 2, b: 1, c: 2}
     needs = [[(a, 1), (b, 1)], [(b, 1), (c, 1)], [(a, 1), (c, 1)], [(a, 1)],
@@ -264,7 +268,7 @@ def test_the_constraint_set_is_changed_in_transactions_in_its_slot(client: redis
 def test_status_why_and_the_exporter_read_pools_on_every_master(
     cluster: ClusterDeployment, client: redis.Redis, unique_prefix: str
 ) -> None:
-    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30)
+    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30, wait_timeout=WAIT)
     names = pools_on_masters(cluster, unique_prefix, 3)
     for name in names:
         assert rm.try_acquire(f"run-{name}", [(name, 1)], {name: 1}).lease is not None
@@ -284,7 +288,7 @@ def test_status_why_and_the_exporter_read_pools_on_every_master(
 def test_a_killed_master_s_replica_takes_over_and_the_same_client_follows(
     cluster: ClusterDeployment, client: redis.Redis, unique_prefix: str
 ) -> None:
-    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30)
+    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=30, wait_timeout=WAIT)
     (pool,) = pools_on_masters(cluster, unique_prefix, 1)
     holder = rm.try_acquire("holder", [(pool, 1)], {pool: 1}).lease
     assert holder is not None
