@@ -12,8 +12,9 @@ from tests.e2e.timeline import most_started_within, peak_concurrency, runs, star
 
 #: A task stamps its start a moment after cascade admitted it (and re-timed the admission
 #: just before the body); on a loaded CI machine the process can be descheduled in
-#: between for tens of ms, which shifts its stamp, not its admission.
-SLACK = 0.025
+#: between for tens of ms, which shifts its stamp, not its admission (a CI run under
+#: load showed 51 stamps of a 50/s rate within 975 ms once: 25 ms was not enough).
+SLACK = 0.05
 
 
 def test_a_rate_of_10_per_second_holds_across_two_prefork_workers(
