@@ -73,6 +73,8 @@ class ConstraintListener:
         self._apply_lock = threading.Lock()
         #: This listener has stored a change: Redis had a history it can lose since.
         self._stored = False
+        #: A restore of a lost set began and has not stored every constraint yet.
+        self._restoring = False
         self._stop = threading.Event()
         self._retry_thread: threading.Thread | None = None
         #: Set once the retained state has been received since the last (re)connect.
@@ -225,16 +227,21 @@ class ConstraintListener:
         now = time.time()
         with self._lock:
             known = [c for c in self._known.values() if not c.is_expired(now)]
-        if (not self._stored or not known or not self.synced.is_set()
-                or self.store.has_history()):  # fmt: skip
+        if not self._stored or not known or not self.synced.is_set():
+            return
+        if not self._restoring and self.store.has_history():
             return
         logger.warning(
             "cascade: Redis lost the constraint set (restarted without persistence?); "
             "storing the %d retained constraint(s) again: %s",
             len(known), ", ".join(sorted(c.id for c in known)),
         )  # fmt: skip
+        # Until every one is stored again: a put failing half-way (Redis still warming
+        # up) leaves a history that would otherwise hide the rest.
+        self._restoring = True
         for constraint in known:
             self.store.put(constraint)
+        self._restoring = False
 
     def _end_of_burst(self) -> None:
         with self._lock:
