@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from celery import Task
 from celery.app.task import Context
@@ -129,7 +129,7 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
         declared = [*self._rate_capacities()]
         if self.concurrency is not None:
             declared.append(concurrency_pool(f"task:{self.name}"))
-        key = _key_of(self)
+        key = type(self).key  # a staticmethod (__init_subclass__): the function itself
         if key is not None and declared:
             value = as_key_value(key(args, kwargs or {}))
             declared = [keyed_pool(pool, CODE_KEY, value) for pool in declared]
@@ -162,17 +162,6 @@ class GatedTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
             kwargs=request.kwargs or {},
             headers=MessageHeaders(request),
         )
-
-
-def _key_of(task: GatedTask) -> Callable[[Any, Any], object] | None:
-    """The task's key function (a staticmethod on its class or a base)."""
-    for cls in type(task).__mro__:
-        found = cls.__dict__.get("key")
-        if isinstance(found, staticmethod):
-            return cast("Callable[[Any, Any], object]", found.__func__)
-        if found is not None:
-            return cast("Callable[[Any, Any], object]", found)
-    return None
 
 
 @functools.lru_cache(maxsize=1024)

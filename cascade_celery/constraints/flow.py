@@ -21,7 +21,6 @@ from cascade_celery.constraints.keyed import MAX_VALUE_BYTES, KeySpec, key_value
 from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.errors import InvalidConstraint
 
-FLOW_PARAMS = frozenset({"per", "fair_by", "overrides", "weights", "max_parked", "on_full"})
 ON_FULL = ("reject", "drop_oldest")
 MAX_WEIGHT = 1000
 MAX_PARKED = 1_000_000

@@ -134,8 +134,3 @@ def split_family(name: str) -> tuple[str, str] | None:
     if not sep or "=" in key:
         return None
     return base, key
-
-
-def base_of(pool: str) -> str:
-    """The base pool of a keyed pool or family; a plain pool's own name."""
-    return pool.partition(" ")[0]

@@ -24,7 +24,7 @@ from cascade_celery.constraints.model import TaskInfo
 from cascade_celery.errors import REDIS_DOWN
 from cascade_celery.pools import parking
 from cascade_celery.pools.headers import grant_of, handed_off_from
-from cascade_celery.pools.outcomes import Lease, PoolHandoff, is_rate_pool, lease_member
+from cascade_celery.pools.outcomes import Lease, is_rate_pool, lease_member
 from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime import probe
 from cascade_celery.runtime.clock import RedisClock
@@ -183,7 +183,7 @@ class Admission:
             self.leases.unreleased((held.lease, ended_at) for held, ended_at in ended)
             raise
         self.handoffs.publish(result.handoffs)
-        self._supersede(result.dropped)
+        self.handoffs.supersede(result.dropped)
         if result.lease is not None:
             self.contention.note(pools, result.lease.contended, asked, time.monotonic())
             if any(is_rate_pool(name) for name, _ in result.lease.pools):
@@ -203,15 +203,11 @@ class Admission:
                 decision.lines.get(pool),
             )  # fmt: skip
             self.handoffs.publish(parking_.handoffs)
-            self._supersede(parking_.dropped)
+            self.handoffs.supersede(parking_.dropped)
             parked, rejected = parking_.parked, parking_.rejected
         if not (parked or rejected):
             return False
         return Parked(pool, decision.denied_by is not None, rejected)
-
-    def _supersede(self, dropped: tuple[PoolHandoff, ...]) -> None:
-        """End the waiters a full line dropped for this task (``drop_oldest``)."""
-        self.handoffs.supersede(dropped)
 
     def _take_over(self, key: tuple[str, int], decision: Decision) -> bool:
         """Give the task the lease of a task that ended here moments ago, if one needs the
