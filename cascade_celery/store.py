@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from cascade_celery.constraints.model import Constraint
-from cascade_celery.errors import InvalidConstraint
+from cascade_celery.errors import CascadeError, InvalidConstraint
 from cascade_celery.pools.keys import (
     constraints_applied,
     constraints_channel,
@@ -23,11 +24,16 @@ from cascade_celery.pools.keys import (
     constraints_signed,
     constraints_version,
 )
+from cascade_celery.pools.scripts import load_lua
 from cascade_celery.text import text
 
 logger = logging.getLogger(__name__)
 
 Validator = Callable[[Constraint], None]
+
+
+class HistoryLost(CascadeError):
+    """A write that continues the set's history found it gone (Redis lost the set)."""
 
 
 class ConstraintStore:
@@ -47,30 +53,40 @@ class ConstraintStore:
         self._version = constraints_version(prefix)
         self._applied = constraints_applied(prefix)
         self._signed = constraints_signed(prefix)
+        self._change_script = client.register_script(load_lua("change_constraint"))
 
-    def put(self, constraint: Constraint) -> bool:
+    def put(self, constraint: Constraint, *, continuing: bool = False) -> bool:
         """Store a validated ``constraint`` (replacing one with the same id), then announce.
 
         Storing what is already stored changes nothing; storing one whose ``expires_at``
         has passed removes the entry with its id. Return whether anything changed.
+        ``continuing``: the caller has written to this set before, so raise ``HistoryLost``
+        (and write nothing) if Redis has lost it since.
         """
         if constraint.is_expired(time.time()):
-            return self.delete(constraint.id)
-        data = _encode(constraint)
-        if _text(self.client.hget(self._hash, constraint.id)) == data:
-            return False
+            return self.delete(constraint.id, continuing=continuing)
+        return self._change(constraint.id, _encode(constraint), continuing)
+
+    def delete(self, constraint_id: str, *, continuing: bool = False) -> bool:
+        """Remove a constraint; return whether it was stored (``continuing`` as for put)."""
+        return self._change(constraint_id, "", continuing)
+
+    def restore(self, constraints: Iterable[Constraint]) -> None:
+        """Store ``constraints`` again after Redis lost the set: all of them, or none."""
+        entries: dict[FieldT, EncodableT] = {c.id: _encode(c) for c in constraints}
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(self._hash, constraint.id, data)
+            pipe.hset(self._hash, mapping=entries)
             pipe.incr(self._version)
             _, version = pipe.execute()
         self.client.publish(self.channel, version)
-        return True
 
-    def delete(self, constraint_id: str) -> bool:
-        """Remove a constraint; return whether it was stored."""
-        if not self.client.hdel(self._hash, constraint_id):
+    def _change(self, constraint_id: str, data: str, continuing: bool) -> bool:
+        version = int(self._change_script(keys=[self._hash, self._version],
+                                          args=[constraint_id, data, int(continuing)]))  # fmt: skip
+        if version < 0:
+            raise HistoryLost(f"Redis lost the constraint set under {self.prefix!r}")
+        if version == 0:
             return False
-        version = self.client.incr(self._version)
         self.client.publish(self.channel, version)
         return True
 

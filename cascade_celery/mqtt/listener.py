@@ -34,7 +34,7 @@ from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.errors import InvalidConstraint
 from cascade_celery.mqtt import protocol
 from cascade_celery.mqtt.client import make_client
-from cascade_celery.store import ConstraintStore
+from cascade_celery.store import ConstraintStore, HistoryLost
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,6 @@ class ConstraintListener:
         self._apply_lock = threading.Lock()
         #: This listener has stored a change: Redis had a history it can lose since.
         self._stored = False
-        #: A restore of a lost set began and has not stored every constraint yet.
-        self._restoring = False
         self._stop = threading.Event()
         self._retry_thread: threading.Thread | None = None
         #: Set once the retained state has been received since the last (re)connect.
@@ -185,16 +183,10 @@ class ConstraintListener:
             if retry and self._pending.get(change.constraint_id) is not change:
                 return  # superseded by a newer message meanwhile
             try:
-                # A first write into an emptied Redis would hide the loss from the check
-                # below (it starts a new history): the other constraints go back first.
-                self._restore_locked()
-                if change.constraint is None:
-                    self.store.delete(change.constraint_id)
-                else:
-                    self.store.put(change.constraint)
-                self._stored = True
-                if change.signed_at is not None:
-                    self.store.record_signed_at(change.constraint_id, change.signed_at)
+                self._store_locked(change)
+            except HistoryLost:
+                with self._lock:
+                    self._pending[change.constraint_id] = change  # lost twice: next second
             except redis.exceptions.RedisError as exc:
                 if not retry:
                     logger.warning("cascade: Redis unavailable (%s); constraint %s will be "
@@ -204,6 +196,26 @@ class ConstraintListener:
             else:
                 with self._lock:
                     self._pending.pop(change.constraint_id, None)
+
+    def _store_locked(self, change: protocol.Change) -> None:
+        """Write one change (holding _apply_lock), after the set if Redis lost it."""
+        # A first write into an emptied Redis would hide the loss from the check (it
+        # starts a new history): the other constraints go back first. The write itself
+        # continues the history or writes nothing, as Redis can restart between the two.
+        self._restore_locked()
+        try:
+            self._write(change, continuing=self._stored)
+        except HistoryLost:
+            self._write(change, continuing=self._restore_locked(lost=True))
+        self._stored = True
+        if change.signed_at is not None:
+            self.store.record_signed_at(change.constraint_id, change.signed_at)
+
+    def _write(self, change: protocol.Change, *, continuing: bool) -> None:
+        if change.constraint is None:
+            self.store.delete(change.constraint_id, continuing=continuing)
+        else:
+            self.store.put(change.constraint, continuing=continuing)
 
     def _retry_pending(self) -> None:
         while not self._stop.wait(1.0):
@@ -222,26 +234,28 @@ class ConstraintListener:
         with self._apply_lock:
             self._restore_locked()
 
-    def _restore_locked(self) -> None:
-        """Store the retained constraints again if Redis lost the set (holding _apply_lock)."""
+    def _restore_locked(self, *, lost: bool = False) -> bool:
+        """Store the retained constraints again if Redis lost the set (holding _apply_lock).
+
+        ``lost``: a write found the set lost. Return whether anything was stored.
+        """
         now = time.time()
         with self._lock:
             known = [c for c in self._known.values() if not c.is_expired(now)]
-        if not self._stored or not known or not self.synced.is_set():
-            return
-        if not self._restoring and self.store.has_history():
-            return
+        if not known:
+            return False
+        if not lost and (not self._stored or not self.synced.is_set()
+                         or self.store.has_history()):  # fmt: skip
+            return False
         logger.warning(
             "cascade: Redis lost the constraint set (restarted without persistence?); "
             "storing the %d retained constraint(s) again: %s",
             len(known), ", ".join(sorted(c.id for c in known)),
         )  # fmt: skip
-        # Until every one is stored again: a put failing half-way (Redis still warming
-        # up) leaves a history that would otherwise hide the rest.
-        self._restoring = True
-        for constraint in known:
-            self.store.put(constraint)
-        self._restoring = False
+        # One transaction: a restore cut short by another restart leaves no history
+        # that would hide the rest.
+        self.store.restore(known)
+        return True
 
     def _end_of_burst(self) -> None:
         with self._lock:

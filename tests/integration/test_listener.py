@@ -494,6 +494,39 @@ def test_a_change_arriving_first_after_redis_came_back_empty_does_not_hide_the_l
     )  # fmt: skip
 
 
+class CheckBeforeARestart(ConstraintStore):
+    """A store whose loss check always ran just before Redis restarted: it sees history."""
+
+    def has_history(self) -> bool:
+        return True
+
+
+def test_a_write_landing_in_a_redis_that_restarted_after_the_check_does_not_hide_the_loss(
+    harness: Harness, wait_for: Wait
+) -> None:
+    # Given two constraints stored by a listener whose loss check sees the Redis from
+    # before a restart, and the restart (without persistence) right after that check
+    validate = HandlerRegistry.builtin().validate
+    harness.store = CheckBeforeARestart(harness.redis, harness.prefix, validate)
+    harness.started()
+    harness.publish(limit("limit-charge", 4))
+    harness.publish(pause("hold-emails"))
+    wait_for(lambda: len(harness.stored()) == 2, timeout=30)
+    harness.redis.flushdb()
+
+    # When the next change is written into the emptied Redis
+    harness.publish(limit("new-one", 2))
+
+    # Then the write finds the history gone, and the whole set goes back with it
+    wait_for(
+        lambda: harness.stored() == {"limit-charge": limit("limit-charge", 4),
+                                     "hold-emails": pause("hold-emails"),
+                                     "new-one": limit("new-one", 2)},
+        timeout=30,
+        message="every retained constraint stored again",
+    )  # fmt: skip
+
+
 def test_publish_retained_to_an_unreachable_broker_fails_fast_and_clearly() -> None:
     port = free_port()
     settings = MqttSettings.from_url(f"mqtt://ops:s3cret@127.0.0.1:{port}")

@@ -1,4 +1,4 @@
-"""ConstraintStore against a real Redis: expired entries go, live ones stay."""
+"""ConstraintStore against a real Redis: expired entries go, live ones stay, a lost set shows."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from cascade_celery.constraints.model import Constraint, Scope
 from cascade_celery.constraints.registry import HandlerRegistry
 from cascade_celery.pools.keys import constraints_hash
-from cascade_celery.store import ConstraintStore
+from cascade_celery.store import ConstraintStore, HistoryLost
 from tests.harness.redis_server import RedisServer
 
 
@@ -55,6 +55,54 @@ def test_storing_an_already_expired_constraint_removes_its_id(store: ConstraintS
 
     assert store.ids() == set()
     assert not store.put(pause(time.time() - 1))  # nothing left to change
+
+
+def limit(constraint_id: str, value: int) -> Constraint:
+    return Constraint(constraint_id, "concurrency", Scope.parse("task:shop.charge"),
+                      params={"limit": value})  # fmt: skip
+
+
+def test_a_write_that_continues_the_history_writes_nothing_into_a_set_redis_lost(
+    store: ConstraintStore,
+) -> None:
+    store.put(limit("a", 1))
+    store.client.flushdb()  # what a restart without persistence leaves
+
+    with pytest.raises(HistoryLost):
+        store.put(limit("b", 2), continuing=True)
+    with pytest.raises(HistoryLost):
+        store.delete("a", continuing=True)
+
+    assert store.client.dbsize() == 0
+    assert not store.has_history()
+
+
+def test_a_write_that_continues_the_history_is_stored_while_it_lasts(
+    store: ConstraintStore,
+) -> None:
+    store.put(limit("a", 1))
+
+    assert store.put(limit("b", 2), continuing=True)
+    assert not store.put(limit("b", 2), continuing=True)  # the same again changes nothing
+    assert store.delete("a", continuing=True)
+    assert not store.delete("a", continuing=True)
+
+    assert store.load() == (3, [limit("b", 2)])
+
+
+def test_a_restore_stores_the_whole_set_in_one_version(store: ConstraintStore) -> None:
+    store.put(limit("a", 1))
+    store.client.flushdb()
+    pubsub = store.client.pubsub()
+    pubsub.subscribe(store.channel)
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+
+    store.restore([limit("a", 1), limit("b", 2)])
+
+    version, constraints = store.load()
+    assert (version, sorted(c.id for c in constraints)) == (1, ["a", "b"])
+    assert pubsub.get_message(timeout=5)["data"] == b"1"
+    pubsub.close()
 
 
 def _json(constraint: Constraint) -> str:
