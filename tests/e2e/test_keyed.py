@@ -143,6 +143,38 @@ def test_fair_by_serves_a_late_tenant_long_before_the_backlog_ahead_of_it_ends(
     assert peak_concurrency(runs(broker_client, unique_prefix)) <= 2
 
 
+def test_a_limit_per_tenant_and_a_fair_limit_in_all_hold_together(
+    gated_app: Celery, cascade: Cascade, start_worker: StartWorker,
+    broker_client: redis.Redis, unique_prefix: str,
+) -> None:  # fmt: skip
+    # Given "2 per tenant, 3 in all, served fairly" (two constraints on one scope), held
+    # (0 in all) with a backlog of 30 of tenant a, then 4 each of tenants b and c
+    cascade.limit(SCOPE, 2, per="kwarg:tenant", wait=30)
+    cascade.limit(SCOPE, 0, fair_by="kwarg:tenant", constraint_id="in-all", wait=30)
+    start_worker(pool="prefork", concurrency=4)
+    start_worker(pool="prefork", concurrency=4)
+    backlog = [send(gated_app, "a", n, 0.1) for n in range(30)]
+    wait_for(lambda: all(r.state == DEFERRED for r in backlog), timeout=60)
+    late = [send(gated_app, t, n, 0.1) for n in range(4) for t in ("b", "c")]
+    wait_for(lambda: all(r.state == DEFERRED for r in late), timeout=60)
+
+    # When the limit in all opens to 3
+    cascade.limit(SCOPE, 3, fair_by="kwarg:tenant", constraint_id="in-all", wait=30)
+
+    # Then each task runs once, never 3 of a tenant nor 4 in all at once, and b's and c's
+    # tasks all start long before a's backlog ends (first come first served: 31st to 38th)
+    assert sorted(str(r.get(timeout=90)) for r in backlog + late) == sorted(
+        [f"a:{n}" for n in range(30)] + [f"{t}:{n}" for n in range(4) for t in ("b", "c")]
+    )
+    all_runs = runs(broker_client, unique_prefix)
+    assert len(all_runs) == 38
+    assert all(peak_concurrency(of(all_runs, t)) <= 2 for t in ("a", "b", "c"))
+    assert peak_concurrency(all_runs) <= 3
+    order = tenants_in_order(all_runs)
+    last_late = max(i for i, tenant in enumerate(order) if tenant != "a")
+    assert last_late < 16, f"b's and c's last task started {last_late + 1}th: {order}"
+
+
 def test_weights_give_starts_in_their_ratio_while_both_tenants_wait(
     gated_app: Celery, cascade: Cascade, start_worker: StartWorker,
     broker_client: redis.Redis, unique_prefix: str,
