@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
+from celery import Celery, chord
+from celery.exceptions import ChordError
 from celery.result import AsyncResult
 
 from cascade_celery import DEFERRED, Cascade
@@ -272,6 +273,39 @@ def test_a_full_line_rejects_the_newcomer(
     assert running.get(timeout=30) == "a:0"
     assert [r.get(timeout=30) for r in (*parked, other)] == ["a:1", "a:2", "b:0"]
     assert "a:3" not in {run.label for run in runs(broker_client, unique_prefix)}
+
+
+def test_a_chord_with_a_rejected_member_fails_its_body_as_a_failed_member_would(
+    gated_app: Celery, cascade: Cascade, start_worker: StartWorker,
+    broker_client: redis.Redis, unique_prefix: str,
+) -> None:  # fmt: skip
+    # Given a limit of 1 per tenant with at most 1 parked, and tenant a's slot held
+    apply(cascade, limit=1, per="kwarg:tenant", max_parked=1, on_full="reject")
+    start_worker(pool="prefork", concurrency=4)
+    running = send(gated_app, "a", 0, 2.0)
+    wait_for(lambda: len(runs(broker_client, unique_prefix)) == 1, timeout=30)
+
+    # When a chord of two of a's tasks is sent (one parks, the other finds the line
+    # full), its body having an errback
+    tenant, work = gated_app.tasks["gated.tenant"], gated_app.tasks["gated.work"]
+    header = [tenant.s(f"a:{n}", 0.05, tenant="a") for n in (1, 2)]
+    body = work.s(0.0).on_error(gated_app.tasks["gated.errback"].s())
+    result = chord(header)(body)
+
+    # Then the rejected member ends REJECTED, the other runs, and the body fails with
+    # the chord's error without running, its errback called
+    assert running.get(timeout=30) == "a:0"
+    error = result.get(timeout=60, propagate=False)
+    assert result.state == "FAILURE"
+    assert isinstance(error, ChordError), error
+    assert "REJECTED" in str(error)
+    members = result.parent.results
+    assert sorted(m.state for m in members) == [REJECTED, "SUCCESS"]
+    assert [str(run.label) for run in runs(broker_client, unique_prefix)] == [
+        "a:0",
+        *(m.result for m in members if m.state == "SUCCESS"),
+    ]
+    wait_for(lambda: errbacks(broker_client, unique_prefix) == {result.id}, timeout=30)
 
 
 def errbacks(client: redis.Redis, prefix: str) -> set[str]:
