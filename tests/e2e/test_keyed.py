@@ -74,6 +74,70 @@ def test_a_limit_per_tenant_holds_for_each_while_tenants_run_in_parallel(
     assert peak_concurrency(all_runs) >= 2
 
 
+@pytest.mark.parametrize(
+    ("pool", "workers", "concurrency"), [("threads", 1, 4), ("solo", 3, 1), ("gevent", 1, 8)]
+)
+def test_a_limit_per_tenant_and_a_fair_limit_in_all_hold_with_every_pool(
+    pool: str, workers: int, concurrency: int,
+    gated_app: Celery, cascade: Cascade, start_worker: StartWorker,
+    broker_client: redis.Redis, unique_prefix: str,
+) -> None:  # fmt: skip
+    # Given 1 per tenant and 2 in all served fairly, on workers of another pool than prefork
+    apply(cascade, limit=1, per="kwarg:tenant")
+    apply(cascade, id_="in-all", limit=2, fair_by="kwarg:tenant")
+    for _ in range(workers):
+        start_worker(pool=pool, concurrency=concurrency)
+
+    # When 3 tenants send 5 tasks each
+    results = [send(gated_app, t, n, 0.05) for n in range(5) for t in ("a", "b", "c")]
+
+    # Then each runs once, never 2 of a tenant nor 3 in all at once
+    assert sorted(str(r.get(timeout=60)) for r in results) == sorted(
+        f"{t}:{n}" for n in range(5) for t in ("a", "b", "c")
+    )
+    all_runs = runs(broker_client, unique_prefix)
+    assert len(all_runs) == 15
+    assert all(peak_concurrency(of(all_runs, t)) == 1 for t in ("a", "b", "c"))
+    assert peak_concurrency(all_runs) == 2
+
+
+@pytest.mark.redis_aof
+def test_keyed_tasks_parked_and_held_survive_a_redis_crash_with_aof(
+    gated_app: Celery, cascade: Cascade, start_worker: StartWorker,
+    broker_client: redis.Redis, redis_server: RedisServer, unique_prefix: str,
+) -> None:  # fmt: skip
+    # Given 1 per tenant and 2 in all served fairly, a's slot held by a running task, and
+    # tasks of a and b parked (cascade's Redis persists with AOF)
+    apply(cascade, limit=1, per="kwarg:tenant")
+    apply(cascade, id_="in-all", limit=2, fair_by="kwarg:tenant")
+    start_worker(pool="prefork", concurrency=4)
+    start_worker(pool="prefork", concurrency=4)
+    holder = send(gated_app, "a", 0, 3.0)
+    wait_for(lambda: runs(broker_client, unique_prefix), timeout=30)
+    parked = [send(gated_app, t, n, 0.3) for n in range(1, 5) for t in ("a", "b")]
+    wait_for(lambda: sum(r.state == DEFERRED for r in parked) >= 4, timeout=30)
+
+    # When cascade's Redis crashes (SIGKILL) and comes back from its AOF
+    redis_server.kill()
+    redis_server.start()
+
+    # Then every task runs once, the limits hold, and no tenant key is left behind
+    assert holder.get(timeout=60) == "a:0"
+    assert sorted(str(r.get(timeout=90)) for r in parked) == sorted(
+        f"{t}:{n}" for n in range(1, 5) for t in ("a", "b")
+    )
+    all_runs = runs(broker_client, unique_prefix)
+    assert len(all_runs) == 9
+    assert all(peak_concurrency(of(all_runs, t)) == 1 for t in ("a", "b"))
+    assert peak_concurrency(all_runs) <= 2
+    client = redis_server.client()
+    wait_for(
+        lambda: not list(client.scan_iter(match=f"{unique_prefix}:*kwarg:tenant=*", count=1000)),
+        timeout=30,
+        message="no tenant key left",
+    )
+
+
 def test_a_rate_per_tenant_holds_for_each_with_an_override(
     gated_app: Celery, cascade: Cascade, start_worker: StartWorker,
     broker_client: redis.Redis, unique_prefix: str,
