@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from importlib.resources import files
 
 import redis
 from redis.typing import EncodableT, FieldT
@@ -24,12 +25,13 @@ from cascade_celery.pools.keys import (
     constraints_signed,
     constraints_version,
 )
-from cascade_celery.pools.scripts import load_lua
 from cascade_celery.text import text
 
 logger = logging.getLogger(__name__)
 
 Validator = Callable[[Constraint], None]
+
+_CHANGE = files(__name__).joinpath("change_constraint.lua").read_text(encoding="utf-8")
 
 
 class HistoryLost(CascadeError):
@@ -53,7 +55,7 @@ class ConstraintStore:
         self._version = constraints_version(prefix)
         self._applied = constraints_applied(prefix)
         self._signed = constraints_signed(prefix)
-        self._change_script = client.register_script(load_lua("change_constraint"))
+        self._change_script = client.register_script(_CHANGE)
 
     def put(self, constraint: Constraint, *, continuing: bool = False) -> bool:
         """Store a validated ``constraint`` (replacing one with the same id), then announce.
