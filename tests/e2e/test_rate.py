@@ -3,6 +3,7 @@ cluster-wide; a task over the rate is parked and handed off when the window has 
 
 from __future__ import annotations
 
+import pytest
 import redis
 from celery import Celery
 
@@ -34,6 +35,29 @@ def test_a_rate_of_10_per_second_holds_across_two_prefork_workers(
     all_runs = runs(broker_client, unique_prefix)
     assert sorted(run.label for run in all_runs) == list(range(50))
     assert most_started_within(all_runs, 1.0 - SLACK) == 10, starts_report(all_runs)
+
+
+@pytest.mark.parametrize(
+    ("pool", "workers", "concurrency"), [("threads", 1, 4), ("solo", 3, 1), ("gevent", 1, 8)]
+)
+def test_a_rate_holds_with_every_pool(
+    pool: str, workers: int, concurrency: int,
+    gated_app: Celery, cascade: Cascade, start_worker: StartWorker,
+    broker_client: redis.Redis, unique_prefix: str,
+) -> None:  # fmt: skip
+    # Given 5/s on the task, on workers of another pool than prefork
+    cascade.rate("task:gated.work", "5/s", wait=30)
+    for _ in range(workers):
+        start_worker(pool=pool, concurrency=concurrency)
+
+    # When 15 short tasks are sent in a burst
+    results = [gated_app.tasks["gated.work"].delay(i, 0.01) for i in range(15)]
+
+    # Then each runs once, and no 1 s window saw more than 5 start
+    assert [result.get(timeout=60) for result in results] == list(range(15))
+    all_runs = runs(broker_client, unique_prefix)
+    assert sorted(run.label for run in all_runs) == list(range(15))
+    assert most_started_within(all_runs, 1.0 - SLACK) == 5, starts_report(all_runs)
 
 
 def test_two_windows_hold_together(

@@ -259,5 +259,5 @@ def test_fair_by_serves_a_late_tenant_early_with_a_shared_limit_on_another_maste
     assert [r.get(timeout=120) for r in backlog] == [f"a:{n}" for n in range(16)]
     all_runs = runs(broker_client, unique_prefix)
     order = [str(run.label).split(":")[0] for run in all_runs]
-    assert max(i for i, tenant in enumerate(order) if tenant == "b") < 10, order
+    assert max(i for i, tenant in enumerate(order) if tenant == "b") < 10, "".join(order)
     assert peak_concurrency(all_runs) <= 2
