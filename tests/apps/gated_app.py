@@ -5,6 +5,7 @@ subprocess imports this module (``celery -A tests.apps.gated_app worker``):
 ``CASCADE_TEST_BROKER`` (broker, result backend and the event record),
 ``CASCADE_TEST_REDIS`` (cascade's Redis), ``CASCADE_TEST_PREFIX``, ``CASCADE_TEST_LEASE``,
 ``CASCADE_TEST_VISIBILITY`` (optional broker visibility timeout, seconds),
+``CASCADE_TEST_WAIT_TIMEOUT`` (``cascade_redis_wait_timeout``, seconds; default 0.5),
 ``CASCADE_TEST_REDIS_OPTIONS`` (optional JSON: cascade_redis_transport_options),
 ``CASCADE_TEST_MQTT`` (optional control plane), ``CASCADE_TEST_MQTT_<OPTION>`` and
 ``CASCADE_TEST_HANDLERS`` (optional custom constraint handlers: ``module:Class`` paths,
@@ -76,6 +77,7 @@ def make_app(
         broker_connection_retry_on_startup=True,
         result_expires=600,
         worker_prefetch_multiplier=int(os.environ.get("CASCADE_TEST_PREFETCH", "1")),
+        cascade_redis_wait_timeout=float(os.environ.get("CASCADE_TEST_WAIT_TIMEOUT", "0.5")),
         broker_transport_options={"polling_interval": 0.1},
     )
     if visibility_timeout is not None:
