@@ -76,6 +76,8 @@ class ConstraintStore:
     def restore(self, constraints: Iterable[Constraint]) -> None:
         """Store ``constraints`` again after Redis lost the set: all of them, or none."""
         entries: dict[FieldT, EncodableT] = {c.id: _encode(c) for c in constraints}
+        if not entries:
+            return
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(self._hash, mapping=entries)
             pipe.incr(self._version)

@@ -105,5 +105,11 @@ def test_a_restore_stores_the_whole_set_in_one_version(store: ConstraintStore) -
     pubsub.close()
 
 
+def test_restoring_nothing_starts_no_history(store: ConstraintStore) -> None:
+    store.restore([])
+
+    assert not store.has_history()
+
+
 def _json(constraint: Constraint) -> str:
     return json.dumps(constraint.to_dict(), sort_keys=True)
