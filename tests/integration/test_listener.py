@@ -470,6 +470,17 @@ def test_a_redis_restarted_without_persistence_gets_the_retained_constraints_bac
         assert "2 retained constraint(s) again: hold-emails, limit-charge" in warning.getMessage()
 
 
+def every_one_stored_again(harness: Harness, wait_for: Wait) -> None:
+    """The two constraints stored before Redis lost the set, and the change after it."""
+    wait_for(
+        lambda: harness.stored() == {"limit-charge": limit("limit-charge", 4),
+                                     "hold-emails": pause("hold-emails"),
+                                     "new-one": limit("new-one", 2)},
+        timeout=30,
+        message="every retained constraint stored again",
+    )  # fmt: skip
+
+
 def test_a_change_arriving_first_after_redis_came_back_empty_does_not_hide_the_loss(
     harness: Harness, wait_for: Wait
 ) -> None:
@@ -485,13 +496,7 @@ def test_a_change_arriving_first_after_redis_came_back_empty_does_not_hide_the_l
     harness.publish(limit("new-one", 2))
 
     # Then its write does not start a new history over the loss: every one is stored
-    wait_for(
-        lambda: harness.stored() == {"limit-charge": limit("limit-charge", 4),
-                                     "hold-emails": pause("hold-emails"),
-                                     "new-one": limit("new-one", 2)},
-        timeout=30,
-        message="every retained constraint stored again",
-    )  # fmt: skip
+    every_one_stored_again(harness, wait_for)
 
 
 class CheckBeforeARestart(ConstraintStore):
@@ -518,13 +523,7 @@ def test_a_write_landing_in_a_redis_that_restarted_after_the_check_does_not_hide
     harness.publish(limit("new-one", 2))
 
     # Then the write finds the history gone, and the whole set goes back with it
-    wait_for(
-        lambda: harness.stored() == {"limit-charge": limit("limit-charge", 4),
-                                     "hold-emails": pause("hold-emails"),
-                                     "new-one": limit("new-one", 2)},
-        timeout=30,
-        message="every retained constraint stored again",
-    )  # fmt: skip
+    every_one_stored_again(harness, wait_for)
 
 
 def test_publish_retained_to_an_unreachable_broker_fails_fast_and_clearly() -> None:
