@@ -323,7 +323,7 @@ def test_a_killed_master_s_replica_takes_over_and_the_same_client_follows(
 def test_hand_offs_of_several_masters_wait_for_each_master_s_replica(
     cluster: ClusterDeployment, client: redis.Redis, unique_prefix: str
 ) -> None:
-    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=0.5, wait_timeout=0.2)
+    rm = ResourceManager(client, prefix=unique_prefix, lease_seconds=2, wait_timeout=WAIT)
     first, second = pools_on_masters(cluster, unique_prefix, 2)
     capacities = {first: 1, second: 1}
     holder = rm.try_acquire("holder", [(first, 1), (second, 1)], capacities).lease
