@@ -22,8 +22,14 @@ from cascade_celery.constraints.model import Constraint
 from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime.endings import REJECTED, SUPERSEDED
 from tests.e2e.conftest import StartWorker
-from tests.e2e.test_rate import SLACK
-from tests.e2e.timeline import Run, most_started_within, peak_concurrency, runs, starts_report
+from tests.e2e.timeline import (
+    STAMP_SLACK,
+    Run,
+    most_started_within,
+    peak_concurrency,
+    runs,
+    starts_report,
+)
 from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_for
 
@@ -155,10 +161,10 @@ def test_a_rate_per_tenant_holds_for_each_with_an_override(
         r.get(timeout=60)
     all_runs = runs(broker_client, unique_prefix)
     for tenant, rate in (("a", 2), ("b", 2), ("c", 4)):
-        assert most_started_within(of(all_runs, tenant), 1.0 - SLACK) == rate, starts_report(
+        assert most_started_within(of(all_runs, tenant), 1.0 - STAMP_SLACK) == rate, starts_report(
             of(all_runs, tenant)
         )
-    assert most_started_within(all_runs, 1.0 - SLACK) >= 5
+    assert most_started_within(all_runs, 1.0 - STAMP_SLACK) >= 5
 
 
 def test_a_limit_declared_in_code_with_a_key_function_holds_per_key_value(
