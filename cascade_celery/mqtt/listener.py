@@ -13,7 +13,9 @@ node (prefork children included) then picks changes up from the shared Constrain
   which more likely means a broker that lost its retained state: then the last known
   constraints stay in force and a warning says so.
 - Redis restarted without persistence comes back empty: the listener notices (the
-  version counter is gone) and stores the retained constraints it knows again.
+  version counter is gone) and stores the retained constraints it knows again, in one
+  transaction. Its later writes require the counter (store/change_constraint.lua), so a
+  write retried into the restarted server writes nothing there and cannot hide the loss.
 - paho reconnects by itself with backoff. An exception inside a paho callback would
   kill paho's network thread silently, so every callback catches everything.
 """
