@@ -16,6 +16,10 @@ from tests.harness.redis_server import RedisServer
 from tests.harness.workers import WorkerProcess, embedded_worker
 
 LEASE_SECONDS = 30.0
+#: The worker pools besides prefork, as (pool, workers, concurrency): each runs at least 3
+#: tasks at once, room to show a limit of 2 holding.
+POOL_PARAMS = ("pool", "workers", "concurrency")
+OTHER_POOLS = [("threads", 1, 4), ("solo", 3, 1), ("gevent", 1, 8)]
 
 
 @pytest.fixture

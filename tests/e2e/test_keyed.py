@@ -21,7 +21,7 @@ from cascade_celery import DEFERRED, Cascade
 from cascade_celery.constraints.model import Constraint
 from cascade_celery.pools.resources import ResourceManager
 from cascade_celery.runtime.endings import REJECTED, SUPERSEDED
-from tests.e2e.conftest import StartWorker
+from tests.e2e.conftest import OTHER_POOLS, POOL_PARAMS, StartWorker
 from tests.e2e.timeline import (
     STAMP_SLACK,
     Run,
@@ -80,9 +80,7 @@ def test_a_limit_per_tenant_holds_for_each_while_tenants_run_in_parallel(
     assert peak_concurrency(all_runs) >= 2
 
 
-@pytest.mark.parametrize(
-    ("pool", "workers", "concurrency"), [("threads", 1, 4), ("solo", 3, 1), ("gevent", 1, 8)]
-)
+@pytest.mark.parametrize(POOL_PARAMS, OTHER_POOLS)
 def test_a_limit_per_tenant_and_a_fair_limit_in_all_hold_with_every_pool(
     pool: str, workers: int, concurrency: int,
     gated_app: Celery, cascade: Cascade, start_worker: StartWorker,

@@ -7,7 +7,7 @@ import redis
 from celery import Celery
 
 from cascade_celery import Cascade
-from tests.e2e.conftest import StartWorker
+from tests.e2e.conftest import OTHER_POOLS, POOL_PARAMS, StartWorker
 from tests.e2e.timeline import peak_concurrency, runs
 from tests.harness.workers import embedded_worker
 
@@ -35,10 +35,7 @@ def test_two_prefork_workers_run_100_tasks_at_most_3_at_once(
     assert peak_concurrency(all_runs) == 3
 
 
-@pytest.mark.parametrize(
-    ("pool", "workers", "concurrency"),
-    [("prefork", 1, 4), ("threads", 1, 4), ("solo", 3, 1), ("gevent", 1, 8)],
-)
+@pytest.mark.parametrize(POOL_PARAMS, [("prefork", 1, 4), *OTHER_POOLS])
 def test_limit_holds_with_every_pool(
     pool: str,
     workers: int,

@@ -8,7 +8,7 @@ import redis
 from celery import Celery
 
 from cascade_celery import DEFERRED, Cascade
-from tests.e2e.conftest import StartWorker
+from tests.e2e.conftest import OTHER_POOLS, POOL_PARAMS, StartWorker
 from tests.e2e.timeline import (
     STAMP_SLACK,
     most_started_within,
@@ -37,9 +37,7 @@ def test_a_rate_of_10_per_second_holds_across_two_prefork_workers(
     assert most_started_within(all_runs, 1.0 - STAMP_SLACK) == 10, starts_report(all_runs)
 
 
-@pytest.mark.parametrize(
-    ("pool", "workers", "concurrency"), [("threads", 1, 4), ("solo", 3, 1), ("gevent", 1, 8)]
-)
+@pytest.mark.parametrize(POOL_PARAMS, OTHER_POOLS)
 def test_a_rate_holds_with_every_pool(
     pool: str, workers: int, concurrency: int,
     gated_app: Celery, cascade: Cascade, start_worker: StartWorker,
